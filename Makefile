@@ -1,0 +1,16 @@
+# One command runs the service, one runs the tests; both set the machine up first
+# (system packages, embedding model, PostgreSQL) through scripts/setup.sh.
+.PHONY: run test lint eval
+
+run:
+	scripts/run.sh
+
+test:
+	scripts/test.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+eval:
+	scripts/run.sh eval

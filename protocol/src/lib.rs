@@ -1,0 +1,19 @@
+//! Data shared by the support-chat server, the admin console and clients.
+//!
+//! Plain serde types, no I/O. The server owns how these become HTTP responses
+//! and socket frames; clients (tests, benches, the console) parse them back.
+//!
+//! # Layout
+//! - [`error`]: the one error body of every REST reply and socket `error` frame, and its stable codes.
+//! - [`auth`]: signup, login, token refresh and logout bodies; the public view of a user.
+//! - [`chat`]: the REST chat request/answer, sources, usage, history and conversations.
+//! - [`ws`]: chat WebSocket frames, client → server ([`ws::ClientFrame`]) and server → client ([`ws::ServerFrame`]).
+//! - [`admin`]: bodies of the admin API and the frames of its live event socket.
+
+pub mod admin;
+pub mod auth;
+pub mod chat;
+pub mod error;
+pub mod ws;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};

@@ -1,0 +1,387 @@
+//! Typed configuration, parsed once at start (flags or environment, `.env` honoured) and
+//! validated before anything else runs. Nothing below this module reads the environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A secret string: usable, but never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chat-server",
+    version,
+    about = "The support-chat brain: accounts, grounded streaming answers, history, jobs",
+    long_about = "The support-chat brain: accounts, grounded streaming answers, history, jobs.\n\n\
+                  Every setting can be given as a flag or as the environment variable named in \
+                  brackets; a `.env` file in the working directory is read first."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Evaluate retrieval and answers on the shipped question set and print the scores.
+    Eval {
+        /// Question set (JSON).
+        #[arg(long, default_value = "eval/questions.json")]
+        questions: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LlmProvider {
+    Gemini,
+    Openai,
+    Offline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EmbeddingProvider {
+    Gemini,
+    Openai,
+    Local,
+}
+
+impl EmbeddingProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gemini => "gemini",
+            Self::Openai => "openai",
+            Self::Local => "local",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    // --- service ---
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://root@127.0.0.1:5432/support_chat"
+    )]
+    pub database_url: String,
+    /// Maximum pooled database connections.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+    /// Listen address (port 0 picks a free port).
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8000")]
+    pub bind_addr: SocketAddr,
+    /// Origins allowed to call the API from a browser, comma-separated.
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Largest accepted REST request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds to let requests and answers in flight finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+
+    // --- auth ---
+    /// HMAC secret for tokens, at least 32 bytes. Unset: a random one per start.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// Access-token lifetime in seconds.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
+    pub access_token_ttl_secs: u64,
+    /// Refresh-token lifetime in seconds.
+    #[arg(long, env = "REFRESH_TOKEN_TTL_SECS", default_value_t = 24 * 60 * 60)]
+    pub refresh_token_ttl_secs: u64,
+    /// Failed logins per username (or per client address) before a lockout.
+    #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 5)]
+    pub login_max_failures: u32,
+    /// Window and lockout length for failed logins, in seconds.
+    #[arg(long, env = "LOGIN_LOCKOUT_SECS", default_value_t = 300)]
+    pub login_lockout_secs: u64,
+    /// Bootstrap an admin account with this name at start if absent.
+    #[arg(long, env = "ADMIN_USERNAME")]
+    pub admin_username: Option<String>,
+    /// Password of the bootstrap admin account.
+    #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<Secret>,
+
+    // --- providers ---
+    /// Gemini API key; enables Gemini for answers and embeddings.
+    #[arg(long, env = "GEMINI_API_KEY", hide_env_values = true)]
+    pub gemini_api_key: Option<Secret>,
+    /// Gemini API root.
+    #[arg(
+        long,
+        env = "GEMINI_BASE_URL",
+        default_value = "https://generativelanguage.googleapis.com"
+    )]
+    pub gemini_base_url: String,
+    /// Thinking budget for Gemini 2.5 (0 turns thinking off, for latency).
+    #[arg(long, env = "GEMINI_THINKING_BUDGET", default_value_t = 0)]
+    pub gemini_thinking_budget: i32,
+    /// Answer provider [default: gemini when GEMINI_API_KEY is set, else offline].
+    #[arg(long, env = "LLM_PROVIDER", value_enum)]
+    pub llm_provider: Option<LlmProvider>,
+    /// Embedding provider [default: gemini when GEMINI_API_KEY is set, else local].
+    #[arg(long, env = "EMBEDDING_PROVIDER", value_enum)]
+    pub embedding_provider: Option<EmbeddingProvider>,
+    /// Root of an OpenAI-compatible server (Ollama, vLLM, llama.cpp, TEI), without `/v1`.
+    #[arg(
+        long,
+        env = "OPENAI_BASE_URL",
+        default_value = "http://127.0.0.1:11434"
+    )]
+    pub openai_base_url: String,
+    /// API key of the OpenAI-compatible server, if it wants one.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<Secret>,
+    /// Answer model [default: gemini-2.5-flash for gemini; required for openai].
+    #[arg(long, env = "LLM_MODEL")]
+    pub llm_model: Option<String>,
+    /// Embedding model [default: gemini-embedding-001 for gemini, all-MiniLM-L6-v2 for local].
+    #[arg(long, env = "EMBEDDING_MODEL")]
+    pub embedding_model: Option<String>,
+    /// Output dimension asked of Gemini embeddings (128..=3072).
+    #[arg(long, env = "EMBEDDING_DIM", default_value_t = 768)]
+    pub embedding_dim: usize,
+    /// Folder of the local embedding model (model.safetensors, tokenizer.json, config.json).
+    #[arg(long, env = "MODEL_DIR", default_value = "./models/all-MiniLM-L6-v2")]
+    pub model_dir: PathBuf,
+    /// Seconds to wait for a provider's first byte.
+    #[arg(long, env = "PROVIDER_TIMEOUT_SECS", default_value_t = 30)]
+    pub provider_timeout_secs: u64,
+    /// Largest answer, in tokens.
+    #[arg(long, env = "MAX_OUTPUT_TOKENS", default_value_t = 1024)]
+    pub max_output_tokens: u32,
+
+    // --- retrieval ---
+    /// Documents to load (.md and .txt, recursively).
+    #[arg(long, env = "KNOWLEDGE_BASE_DIR", default_value = "./knowledge_base")]
+    pub knowledge_base_dir: PathBuf,
+    /// Passages given to the model as context.
+    #[arg(long, env = "RAG_TOP_K", default_value_t = 4)]
+    pub rag_top_k: usize,
+    /// Earlier question/answer pairs of the conversation put in the prompt.
+    #[arg(long, env = "HISTORY_TURNS", default_value_t = 4)]
+    pub history_turns: usize,
+
+    // --- chat socket limits ---
+    /// Largest accepted WebSocket frame, in bytes.
+    #[arg(long, env = "WS_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
+    pub ws_max_frame_bytes: usize,
+    /// Longest accepted question, in characters.
+    #[arg(long, env = "MAX_QUESTION_CHARS", default_value_t = 2000)]
+    pub max_question_chars: usize,
+    /// Answers in flight per connection.
+    #[arg(long, env = "WS_MAX_IN_FLIGHT", default_value_t = 2)]
+    pub ws_max_in_flight: usize,
+    /// Questions per minute per user (socket and REST together).
+    #[arg(long, env = "ASKS_PER_MINUTE", default_value_t = 20)]
+    pub asks_per_minute: u32,
+    /// Seconds between server pings on the socket.
+    #[arg(long, env = "WS_PING_SECS", default_value_t = 20)]
+    pub ws_ping_secs: u64,
+
+    // --- jobs ---
+    /// Age in days after which history is deleted.
+    #[arg(long, env = "HISTORY_RETENTION_DAYS", default_value_t = 30)]
+    pub history_retention_days: u32,
+    /// Cron expression with seconds (6 fields) for the history cleanup.
+    #[arg(long, env = "CLEANUP_SCHEDULE", default_value = "0 0 3 * * *")]
+    pub cleanup_schedule: String,
+    /// `console`, or an `smtp://` / `smtps://` URL (credentials in the URL).
+    #[arg(
+        long,
+        env = "MAILER",
+        default_value = "console",
+        hide_env_values = true
+    )]
+    pub mailer: Secret,
+    /// Sender address of outgoing mail.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "Northwind Support <support@northwind.example>"
+    )]
+    pub mail_from: String,
+}
+
+/// A configuration problem found at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    DatabaseUrl(String),
+    #[error(
+        "JWT_SECRET must be at least 32 bytes (got {0}); generate one with `openssl rand -hex 32`"
+    )]
+    JwtSecretTooShort(usize),
+    #[error("KNOWLEDGE_BASE_DIR {path} cannot be read: {reason}")]
+    KnowledgeBase { path: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses flags and environment (after loading `.env`), as `main` does.
+    pub fn from_env_and_args() -> Cli {
+        let _ = dotenvy::dotenv();
+        Cli::parse()
+    }
+
+    /// Parses from an explicit argument list and the environment; used by tests and tools.
+    pub fn parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_from(args).map(|cli| cli.config)
+    }
+
+    /// Checks what can be checked without I/O to other services.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        tokio_postgres::Config::from_str(&self.database_url)
+            .map_err(|e| ConfigError::DatabaseUrl(e.to_string()))?;
+        if let Some(secret) = &self.jwt_secret
+            && secret.expose().len() < 32
+        {
+            return Err(ConfigError::JwtSecretTooShort(secret.expose().len()));
+        }
+        std::fs::read_dir(&self.knowledge_base_dir).map_err(|e| ConfigError::KnowledgeBase {
+            path: self.knowledge_base_dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if !(128..=3072).contains(&self.embedding_dim) {
+            return Err(ConfigError::Invalid(format!(
+                "EMBEDDING_DIM must be within 128..=3072 (got {})",
+                self.embedding_dim
+            )));
+        }
+        if self.rag_top_k == 0 || self.ws_max_in_flight == 0 || self.asks_per_minute == 0 {
+            return Err(ConfigError::Invalid(
+                "RAG_TOP_K, WS_MAX_IN_FLIGHT and ASKS_PER_MINUTE must be at least 1".into(),
+            ));
+        }
+        if self.admin_username.is_some() != self.admin_password.is_some() {
+            return Err(ConfigError::Invalid(
+                "ADMIN_USERNAME and ADMIN_PASSWORD go together".into(),
+            ));
+        }
+        let mailer = self.mailer.expose();
+        if mailer != "console" && !mailer.starts_with("smtp://") && !mailer.starts_with("smtps://")
+        {
+            return Err(ConfigError::Invalid(
+                "MAILER must be `console` or an smtp:// or smtps:// URL".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The answer provider in force: explicit, else Gemini with a key, else offline.
+    pub fn llm_provider(&self) -> LlmProvider {
+        self.llm_provider
+            .unwrap_or(if self.gemini_api_key.is_some() {
+                LlmProvider::Gemini
+            } else {
+                LlmProvider::Offline
+            })
+    }
+
+    /// The embedding provider in force: explicit, else Gemini with a key, else local.
+    pub fn embedding_provider(&self) -> EmbeddingProvider {
+        self.embedding_provider
+            .unwrap_or(if self.gemini_api_key.is_some() {
+                EmbeddingProvider::Gemini
+            } else {
+                EmbeddingProvider::Local
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Config {
+        let mut args = vec!["chat-server", "--knowledge-base-dir", "."];
+        args.extend_from_slice(extra);
+        Config::parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn short_jwt_secret_is_refused() {
+        let config = parse(&["--jwt-secret", "short"]);
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::JwtSecretTooShort(5))
+        ));
+        let config = parse(&["--jwt-secret", &"x".repeat(32)]);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_database_url_is_refused() {
+        let config = parse(&["--database-url", "postgres://host:notaport/db"]);
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::DatabaseUrl(_))
+        ));
+    }
+
+    #[test]
+    fn unreadable_knowledge_base_is_refused() {
+        let mut config = parse(&[]);
+        config.knowledge_base_dir = "/nonexistent/kb".into();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::KnowledgeBase { .. })
+        ));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let config = parse(&["--jwt-secret", "super-secret-value-that-is-long-enough"]);
+        assert!(!format!("{config:?}").contains("super-secret"));
+    }
+}

@@ -1,0 +1,109 @@
+//! The PostgreSQL pool and migrations.
+//!
+//! Queries live next to the feature that owns them (`auth::store`, `chat::store`, ...), as plain
+//! functions over a `&tokio_postgres::Client` or transaction, using `prepare_cached`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("../migrations");
+}
+
+/// Key of the advisory lock that serialises migrations across processes.
+const MIGRATION_LOCK_KEY: i64 = 0x5eed_c4a7_0001;
+
+/// A pool over `url`. Connections are opened lazily; a dead server makes `get()` fail
+/// (and `/readyz` go 503) until it is back, with no restart.
+pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    let pg_config = tokio_postgres::Config::from_str(url).context("parsing DATABASE_URL")?;
+    let manager = Manager::from_config(
+        pg_config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .context("building the database pool")
+}
+
+/// Opens one connection outside the pool (migrations, LISTEN).
+pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Creates the database named in `url` if it does not exist, via the `postgres` database.
+pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
+    let config = tokio_postgres::Config::from_str(url).context("parsing DATABASE_URL")?;
+    let Some(name) = config.get_dbname().map(str::to_owned) else {
+        return Ok(());
+    };
+    if connect(url).await.is_ok() {
+        return Ok(());
+    }
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, connection) = admin.connect(NoTls).await.with_context(|| {
+        "connecting to PostgreSQL (is it running? `make run` starts one)".to_owned()
+    })?;
+    tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        match client
+            .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
+            .await
+        {
+            Ok(()) => tracing::info!(database = %name, "created database"),
+            // Another process created it at the same moment.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => return Err(e).context("creating the database"),
+        }
+    }
+    Ok(())
+}
+
+/// Applies pending migrations. Safe from several processes at once: each waits for a
+/// session-level advisory lock, and the later ones find nothing left to apply.
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    let mut client = connect(url).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .context("taking the migration lock")?;
+    let result = embedded::migrations::runner()
+        .run_async(&mut client)
+        .await
+        .context("applying migrations");
+    // The lock also ends with the session; unlocking explicitly frees it for waiters sooner.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    let report = result?;
+    for m in report.applied_migrations() {
+        tracing::info!(migration = %m, "applied migration");
+    }
+    Ok(())
+}

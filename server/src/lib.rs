@@ -1,0 +1,31 @@
+//! The support-chat service: accounts, retrieval-augmented streaming answers, history, jobs.
+//!
+//! # Layout
+//! - [`config`]: typed settings, parsed once at start and validated.
+//! - [`startup`]: `Application::build` (storage, services, workers, listener) and the run loop.
+//! - [`http`]: the router, shared middleware, health/readiness/metrics, OpenAPI docs.
+//! - [`state`]: the `AppState` every handler receives.
+//! - [`error`], [`extract`]: the API error type and extractors whose rejections use it.
+//! - [`db`]: the PostgreSQL pool and migrations.
+//! - [`auth`]: accounts, password hashing, JWTs, refresh-token families, login throttling.
+//! - [`rag`]: knowledge base → chunks → embeddings (cached) → FAISS + BM25 retrieval.
+//! - [`llm`]: streaming chat models (Gemini, OpenAI-compatible, offline).
+//! - [`answer`]: the answer pipeline shared by the socket, REST and SSE paths.
+//! - [`chat`]: the chat WebSocket, REST chat, history and conversations, live sessions.
+//! - [`jobs`]: the scheduled history cleanup and the welcome-mail outbox.
+//! - [`telemetry`]: logging and metrics.
+
+pub mod answer;
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod http;
+pub mod jobs;
+pub mod llm;
+pub mod rag;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,30 @@
+use server::config::{Command, Config};
+use server::startup::{Application, shutdown_on_signal};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Config::from_env_and_args();
+    server::telemetry::init_logging(cli.config.log_format);
+    let config = cli.config;
+    match cli.command.unwrap_or(server::config::Command::Serve) {
+        Command::Serve => {
+            let app = Application::build(config).await?;
+            tokio::spawn(shutdown_on_signal(app.state().shutdown.clone()));
+            app.run_until_stopped().await
+        }
+        Command::Migrate => {
+            config.validate()?;
+            server::db::ensure_database(&config.database_url).await?;
+            server::db::migrate(&config.database_url).await
+        }
+        Command::Eval { questions } => {
+            config.validate()?;
+            server::db::ensure_database(&config.database_url).await?;
+            server::db::migrate(&config.database_url).await?;
+            let db = server::db::pool(&config.database_url, config.db_pool_size)?;
+            let report = server::rag::eval::run(&config, db, &questions).await?;
+            println!("{report}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Building and running the application: storage, services, workers, the listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::state::AppState;
+
+/// A built, bound, not yet serving application.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+}
+
+impl Application {
+    /// Validates the configuration, migrates the database, loads the knowledge base, starts
+    /// the background workers and binds the listener (port 0 picks a free one).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        crate::db::ensure_database(&config.database_url).await?;
+        crate::db::migrate(&config.database_url).await?;
+        let db = crate::db::pool(&config.database_url, config.db_pool_size)?;
+
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let tokens = Arc::new(crate::auth::TokenService::from_config(&config)?);
+        crate::auth::bootstrap_admin(&config, &db).await?;
+
+        let answerer = Arc::new(crate::answer::Answerer::start(&config, db.clone()).await?);
+
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            tokens,
+            answerer,
+            sessions: Arc::new(crate::chat::sessions::SessionRegistry::default()),
+            metrics: crate::telemetry::metrics_handle(),
+            shutdown,
+            tasks,
+        };
+        crate::jobs::start(&state).await?;
+
+        let listener = TcpListener::bind(state.config.bind_addr)
+            .await
+            .with_context(|| format!("binding {}", state.config.bind_addr))?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            addr,
+            state,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `state.shutdown` is cancelled, then stops accepting, lets requests and
+    /// answers in flight finish (bounded by the grace period) and returns.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            addr,
+            state,
+        } = self;
+        tracing::info!(%addr, "listening");
+        let router = crate::http::router(state.clone());
+        let shutdown = state.shutdown.clone();
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("serving HTTP")?;
+
+        state.tasks.close();
+        let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+        if tokio::time::timeout(grace, state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = state.tasks.len(),
+                "background work still running after the grace period; exiting anyway"
+            );
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Cancels `token` on ctrl-c or SIGTERM.
+pub async fn shutdown_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested; draining");
+    token.cancel();
+}

@@ -1,0 +1,30 @@
+//! The one application state every handler receives: pools and shared services, cheap to clone.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::answer::Answerer;
+use crate::auth::TokenService;
+use crate::chat::sessions::SessionRegistry;
+use crate::config::Config;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Pool,
+    /// Issues and verifies JWTs.
+    pub tokens: Arc<TokenService>,
+    /// Retrieval + model: the answer pipeline.
+    pub answerer: Arc<Answerer>,
+    /// Live chat sockets, for the admin view and the per-user limits.
+    pub sessions: Arc<SessionRegistry>,
+    pub metrics: PrometheusHandle,
+    /// Cancelled on SIGTERM: sockets close, workers stop taking new work.
+    pub shutdown: CancellationToken,
+    /// Every background task (answers, workers) registers here so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
