@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
     let (api_router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::auth::routes())
         .merge(crate::chat::routes())
+        .merge(crate::admin::routes())
         .split_for_parts();
 
     let cors = cors_layer(&state.config.cors_origins);

@@ -12,9 +12,11 @@
 //! - [`llm`]: streaming chat models (Gemini, OpenAI-compatible, offline).
 //! - [`answer`]: the answer pipeline shared by the socket, REST and SSE paths.
 //! - [`chat`]: the chat WebSocket, REST chat, history and conversations, live sessions.
+//! - [`admin`]: the admin API and its live event socket.
 //! - [`jobs`]: the scheduled history cleanup and the welcome-mail outbox.
 //! - [`telemetry`]: logging and metrics.
 
+pub mod admin;
 pub mod answer;
 pub mod auth;
 pub mod chat;
