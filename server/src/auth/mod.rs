@@ -1,0 +1,373 @@
+//! Accounts and tokens: signup, login (throttled), refresh-token rotation with reuse detection,
+//! logout, and the `AuthUser` / `AdminUser` extractors every protected route uses.
+//!
+//! - [`tokens`]: JWT issue and verification (HS256 only, typed access/refresh tokens).
+//! - [`password`]: argon2id hashing on the blocking pool.
+//! - [`validate`]: username, email and password rules.
+//! - [`store`]: the `users`, `refresh_tokens` and `login_failures` tables.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use protocol::ErrorBody;
+use protocol::auth::{
+    LoginRequest, LogoutRequest, RefreshRequest, Role, SignupRequest, TokenPair, User,
+};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiJson;
+use crate::state::AppState;
+
+pub mod password;
+pub mod store;
+pub mod tokens;
+pub mod validate;
+
+pub use tokens::TokenService;
+
+/// The caller, from a valid `Authorization: Bearer <access token>`.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: Uuid,
+    pub username: String,
+    pub role: Role,
+    /// When the access token expires (unix seconds).
+    pub expires_at: i64,
+}
+
+/// The token of an `Authorization: Bearer ...` header (the scheme name is case-insensitive).
+fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer_token(parts).ok_or(ApiError::Unauthorized("missing bearer token"))?;
+        state.tokens.verify_access(token)
+    }
+}
+
+/// The caller, who must hold the admin role in the database (not merely in the token), so
+/// a demotion takes effect at once.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        let client = state.db.get().await?;
+        match store::role_of(&client, user.id).await? {
+            Some(Role::Admin) => Ok(Self(AuthUser {
+                role: Role::Admin,
+                ..user
+            })),
+            Some(Role::User) => Err(ApiError::Forbidden("this needs the admin role")),
+            None => Err(ApiError::Unauthorized("this account no longer exists")),
+        }
+    }
+}
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(signup))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+}
+
+/// Creates an account and queues its welcome mail, both or neither.
+#[utoipa::path(
+    post,
+    path = "/api/signup/",
+    tag = "accounts",
+    request_body = SignupRequest,
+    responses(
+        (status = 201, description = "Account created", body = User),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 409, description = "Username or email already taken", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule", body = ErrorBody),
+    )
+)]
+async fn signup(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SignupRequest>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    let problems = validate::signup(&body.username, &body.email, &body.password);
+    if !problems.is_empty() {
+        return Err(ApiError::Validation(problems));
+    }
+    let password_hash = password::hash(body.password).await?;
+
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
+    let user =
+        store::insert_user(&tx, &body.username, &body.email, &password_hash, Role::User).await?;
+    crate::jobs::outbox::enqueue_welcome(&tx, &user).await?;
+    tx.commit().await?;
+
+    tracing::info!(user_id = %user.id, username = %user.username, "account created");
+    metrics::counter!("auth_signups_total").increment(1);
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// Keys under which failed logins are counted: the username (any case) and the client address.
+fn failure_keys(username: &str, peer: SocketAddr) -> [String; 2] {
+    [
+        format!("user:{}", username.to_lowercase()),
+        format!("ip:{}", peer.ip().to_canonical()),
+    ]
+}
+
+const BAD_CREDENTIALS: &str = "invalid username or password";
+
+/// Exchanges a username and password for an access and a refresh token.
+///
+/// An unknown user and a wrong password get the same answer in about the same time. Repeated
+/// failures for one username or from one address lock further attempts (429).
+#[utoipa::path(
+    post,
+    path = "/api/login/",
+    tag = "accounts",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = TokenPair),
+        (status = 401, description = "Wrong username or password", body = ErrorBody),
+        (status = 429, description = "Too many failed logins; see Retry-After", body = ErrorBody),
+    )
+)]
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> ApiResult<Json<TokenPair>> {
+    // Bounded before any work, so a huge password cannot buy a long hash.
+    if body.username.is_empty() || body.username.len() > validate::EMAIL_MAX {
+        return Err(ApiError::validation(
+            "username",
+            "must be 1 to 254 bytes long",
+        ));
+    }
+    if body.password.len() > password::MAX_LEN {
+        return Err(ApiError::validation(
+            "password",
+            "must be at most 1024 bytes long",
+        ));
+    }
+    let config = &state.config;
+    let keys = failure_keys(&body.username, peer);
+
+    let credentials = {
+        let client = state.db.get().await?;
+        let mut wait = None;
+        for key in &keys {
+            let remaining = store::lockout_remaining(
+                &client,
+                key,
+                config.login_max_failures,
+                config.login_lockout_secs,
+            )
+            .await?;
+            wait = wait.max(remaining);
+        }
+        if let Some(retry_after_secs) = wait {
+            metrics::counter!("auth_logins_total", "outcome" => "locked").increment(1);
+            return Err(ApiError::RateLimited {
+                message: "too many failed logins; try again later".into(),
+                retry_after_secs,
+            });
+        }
+        store::credentials_by_username(&client, &body.username).await?
+    };
+
+    // The pooled connection is not held while hashing.
+    let (user, phc) = match credentials {
+        Some(c) => (Some(c.user), Some(c.password_hash)),
+        None => (None, None),
+    };
+    let matches = password::verify(body.password, phc).await?;
+
+    let client = state.db.get().await?;
+    let user = match user {
+        Some(user) if matches => user,
+        _ => {
+            for key in &keys {
+                store::record_failure(&client, key, config.login_lockout_secs).await?;
+            }
+            metrics::counter!("auth_logins_total", "outcome" => "failed").increment(1);
+            return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
+        }
+    };
+    store::clear_failures(&client, &keys[0]).await?;
+    store::prune_expired_refresh(&client, user.id).await?;
+
+    let refresh = state.tokens.issue_refresh(user.id)?;
+    store::insert_refresh(&client, &refresh, Uuid::new_v4(), user.id).await?;
+    let access = state
+        .tokens
+        .issue_access(user.id, &user.username, user.role)?;
+    metrics::counter!("auth_logins_total", "outcome" => "ok").increment(1);
+    Ok(Json(token_pair(&state, access, refresh.token)))
+}
+
+fn token_pair(state: &AppState, access: String, refresh: String) -> TokenPair {
+    TokenPair {
+        access,
+        refresh,
+        token_type: "Bearer".to_owned(),
+        expires_in: state.tokens.access_ttl_secs(),
+    }
+}
+
+/// Exchanges a refresh token for a new pair. Each refresh token works once; presenting a used
+/// one again revokes its whole family (every token descended from the same login).
+#[utoipa::path(
+    post,
+    path = "/api/token/refresh/",
+    tag = "accounts",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new token pair", body = TokenPair),
+        (status = 401, description = "Invalid, expired, revoked or reused refresh token", body = ErrorBody),
+    )
+)]
+async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> ApiResult<Json<TokenPair>> {
+    let claims = state.tokens.verify_refresh(&body.refresh)?;
+    let token_hash = tokens::hash_token(&body.refresh);
+
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
+    let row = store::lock_refresh(&tx, &token_hash)
+        .await?
+        .filter(|row| row.id == claims.jti && row.user_id == claims.user_id)
+        .ok_or(ApiError::Unauthorized("unknown refresh token"))?;
+    if row.revoked {
+        return Err(ApiError::Unauthorized(
+            "refresh token revoked; log in again",
+        ));
+    }
+    if row.used {
+        // Someone holds a copy: the thief or the owner, we cannot tell which, so every token
+        // of this login dies and the owner logs in again.
+        let revoked = store::revoke_family(&tx, row.family_id).await?;
+        tx.commit().await?;
+        tracing::warn!(
+            user_id = %row.user_id,
+            family_id = %row.family_id,
+            revoked,
+            "refresh token reused; its family is revoked"
+        );
+        metrics::counter!("auth_refresh_reuse_total").increment(1);
+        return Err(ApiError::Unauthorized(
+            "refresh token already used; log in again",
+        ));
+    }
+    if row.expires_at <= chrono::Utc::now() {
+        return Err(ApiError::Unauthorized("refresh token expired"));
+    }
+    let user = store::user_by_id(&tx, row.user_id)
+        .await?
+        .ok_or(ApiError::Unauthorized("this account no longer exists"))?;
+
+    store::mark_refresh_used(&tx, row.id).await?;
+    let next = state.tokens.issue_refresh(user.id)?;
+    store::insert_refresh(&tx, &next, row.family_id, user.id).await?;
+    tx.commit().await?;
+
+    let access = state
+        .tokens
+        .issue_access(user.id, &user.username, user.role)?;
+    Ok(Json(token_pair(&state, access, next.token)))
+}
+
+/// Ends a login: revokes the given refresh token's family. The access token stays valid until
+/// it expires (it is short-lived and not stored).
+#[utoipa::path(
+    post,
+    path = "/api/logout/",
+    tag = "accounts",
+    request_body = LogoutRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, description = "Missing or bad access token, or unknown refresh token", body = ErrorBody),
+        (status = 403, description = "The refresh token belongs to another account", body = ErrorBody),
+    )
+)]
+async fn logout(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiJson(body): ApiJson<LogoutRequest>,
+) -> ApiResult<StatusCode> {
+    let claims = state.tokens.verify_refresh_ignoring_expiry(&body.refresh)?;
+    if claims.user_id != user.id {
+        return Err(ApiError::Forbidden(
+            "that refresh token belongs to another account",
+        ));
+    }
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
+    let row = store::lock_refresh(&tx, &tokens::hash_token(&body.refresh))
+        .await?
+        .filter(|row| row.user_id == user.id)
+        .ok_or(ApiError::Unauthorized("unknown refresh token"))?;
+    store::revoke_family(&tx, row.family_id).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Creates the `ADMIN_USERNAME` account with the admin role if it does not exist, or gives
+/// the existing account the admin role. An existing password is left alone. Safe when several
+/// instances start at once.
+pub async fn bootstrap_admin(config: &Config, db: &deadpool_postgres::Pool) -> anyhow::Result<()> {
+    let (Some(username), Some(password)) = (&config.admin_username, &config.admin_password) else {
+        return Ok(());
+    };
+    if let Some(problem) = validate::username(username) {
+        anyhow::bail!("ADMIN_USERNAME {problem}");
+    }
+    if let Some(problem) = validate::password(password.expose()) {
+        anyhow::bail!("ADMIN_PASSWORD {problem}");
+    }
+    let client = db.get().await?;
+    if store::promote_to_admin(&client, username).await? {
+        tracing::info!(%username, "bootstrap admin present");
+        return Ok(());
+    }
+    let hash = password::hash(password.expose().to_owned()).await?;
+    let email = format!("{}@localhost", username.to_lowercase());
+    match store::insert_user(&client, username, &email, &hash, Role::Admin).await {
+        Ok(user) => tracing::info!(user_id = %user.id, %username, "bootstrap admin created"),
+        // Another instance created it meanwhile, or the address is taken: make sure the name
+        // holds the role, and say so if it does not exist at all.
+        Err(ApiError::Conflict(_)) => {
+            if !store::promote_to_admin(&client, username).await? {
+                anyhow::bail!(
+                    "cannot create the admin account: {email} belongs to another account"
+                );
+            }
+        }
+        Err(e) => return Err(anyhow::anyhow!("creating the admin account: {e}")),
+    }
+    Ok(())
+}
