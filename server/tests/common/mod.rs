@@ -63,7 +63,9 @@ pub fn workspace_dir() -> PathBuf {
 }
 
 pub fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
 }
 
 /// Settings for a test server: a fresh database, a random port, offline providers,
@@ -72,7 +74,9 @@ pub async fn test_config() -> Config {
     let mut config = Config::parse_from(["chat-server"]).expect("default config");
     config.database_url = fresh_database().await;
     config.bind_addr = "127.0.0.1:0".parse().expect("addr");
-    config.jwt_secret = Some(server::config::Secret::new("test-secret-of-at-least-32-bytes!!"));
+    config.jwt_secret = Some(server::config::Secret::new(
+        "test-secret-of-at-least-32-bytes!!",
+    ));
     config.knowledge_base_dir = fixture("kb");
     config.model_dir = workspace_dir().join("models/all-MiniLM-L6-v2");
     config.gemini_api_key = None;
@@ -120,7 +124,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
 pub async fn spawn_app_from(config: Config) -> TestApp {
     init_logs();
     let database_url = config.database_url.clone();
-    let app = Application::build(config).await.expect("application builds");
+    let app = Application::build(config)
+        .await
+        .expect("application builds");
     let addr = app.local_addr();
     let state = app.state().clone();
     let server = tokio::spawn(app.run_until_stopped());
@@ -145,11 +151,18 @@ impl TestApp {
 
     /// A direct database connection, for assertions on what is stored.
     pub async fn db(&self) -> tokio_postgres::Client {
-        server::db::connect(&self.database_url).await.expect("test db connection")
+        server::db::connect(&self.database_url)
+            .await
+            .expect("test db connection")
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
     }
 
     pub async fn signup(&self, username: &str, email: &str, password: &str) -> reqwest::Response {
@@ -161,13 +174,19 @@ impl TestApp {
     }
 
     pub async fn login(&self, username: &str, password: &str) -> reqwest::Response {
-        self.post_json("/api/login/", &json!({"username": username, "password": password})).await
+        self.post_json(
+            "/api/login/",
+            &json!({"username": username, "password": password}),
+        )
+        .await
     }
 
     /// Signs `username` up (password `correct horse battery`) and logs in.
     pub async fn user_tokens(&self, username: &str) -> TokenPair {
         let password = "correct horse battery";
-        let response = self.signup(username, &format!("{username}@example.com"), password).await;
+        let response = self
+            .signup(username, &format!("{username}@example.com"), password)
+            .await;
         assert_eq!(response.status(), 201, "signup of {username}");
         let response = self.login(username, password).await;
         assert_eq!(response.status(), 200, "login of {username}");
