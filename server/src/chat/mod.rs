@@ -1,0 +1,34 @@
+//! The chat socket, REST chat, history and conversations, and the live sessions.
+//!
+//! # Layout
+//! - [`socket`]: `GET /ws/chat`: authentication, the reader/writer split, limits, heartbeats,
+//!   token expiry, ask/cancel/resume.
+//! - [`rest`]: `POST /api/chat/`, `POST /api/chat/stream` (SSE), `GET /api/chat-history/` and the
+//!   conversation routes.
+//! - [`pipeline`]: one answer, whoever asked: store the question, generate in a task of its own
+//!   into an [`pipeline::AnswerLog`] that readers follow (live or resumed), store the answer.
+//! - [`sessions`]: the live-session registry (admin view and events), the asks-per-minute limit
+//!   and the per-user resume buffers.
+//! - [`store`]: the conversation and message queries.
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::state::AppState;
+
+pub mod pipeline;
+pub mod rest;
+pub mod sessions;
+pub mod socket;
+mod store;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(socket::chat_socket))
+        .routes(routes!(rest::chat))
+        .routes(routes!(rest::chat_stream))
+        .routes(routes!(rest::chat_history))
+        .routes(routes!(rest::list_conversations))
+        .routes(routes!(rest::conversation_messages))
+        .routes(routes!(rest::delete_conversation))
+}

@@ -1,0 +1,317 @@
+//! Live chat sessions, per-user ask limits and the per-user resume buffers of recent answers.
+//!
+//! All of this is in memory, per server instance: a user's sockets on another instance are not
+//! listed here, and the asks-per-minute limit is counted per instance (with N instances behind a
+//! load balancer a user can ask up to N times the limit). Both are accepted trade-offs for now;
+//! the admin view across instances would come through PostgreSQL LISTEN/NOTIFY.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use protocol::admin::{AdminEvent, SessionInfo};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::pipeline::AnswerLog;
+
+/// How long a finished answer stays resumable.
+pub const RESUME_WINDOW: Duration = Duration::from_secs(60);
+/// Resumable answers kept per user; the oldest finished ones go first.
+const MAX_BUFFERED_ANSWERS_PER_USER: usize = 16;
+/// Admin events buffered for slow subscribers before they start missing some.
+const EVENT_CAPACITY: usize = 1024;
+/// How often the per-user maps are swept of users with nothing left in them.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// The window of the asks-per-minute limit.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Locks a mutex, recovering the data if a panicking holder poisoned it: every critical section
+/// here leaves the maps consistent between statements, so the data is still sound.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An answer kept for `resume` / `cancel`, under the client's ask id.
+type Resumable = (String, Arc<AnswerLog>);
+
+/// The live chat sockets of this instance, for the admin console, plus the per-user limits.
+pub struct SessionRegistry {
+    /// Live sessions by id. Held only to copy or update an entry, never across an await; the
+    /// admin event is sent while holding it so a subscriber's snapshot and its event stream
+    /// line up (see [`SessionRegistry::subscribe`]).
+    sessions: Mutex<HashMap<Uuid, SessionInfo>>,
+    /// Session events for admin subscribers; sending never blocks (a lagging receiver skips).
+    events: broadcast::Sender<AdminEvent>,
+    /// Ask times per user within the last minute (socket and REST together), and when the
+    /// map was last swept of users with no recent ask.
+    asks: Mutex<(HashMap<Uuid, VecDeque<Instant>>, Instant)>,
+    /// Recent answers per user, by the client's ask id, for `resume` and `cancel`, and when
+    /// the map was last swept of expired answers.
+    answers: Mutex<(HashMap<Uuid, Vec<Resumable>>, Instant)>,
+}
+
+impl Default for SessionRegistry {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            asks: Mutex::new((HashMap::new(), Instant::now())),
+            answers: Mutex::new((HashMap::new(), Instant::now())),
+        }
+    }
+}
+
+impl SessionRegistry {
+    /// Every live session, oldest first.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let mut sessions: Vec<SessionInfo> = lock(&self.sessions).values().cloned().collect();
+        sessions.sort_by_key(|s| s.connected_at);
+        sessions
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Answers being generated right now for live sessions.
+    pub fn answering_now(&self) -> u32 {
+        lock(&self.sessions).values().map(|s| s.answering).sum()
+    }
+
+    /// A snapshot of the live sessions and a receiver of every session event after it
+    /// (`SessionOpened`, `SessionUpdated`, `SessionClosed`), with no gap and no overlap.
+    pub fn subscribe(&self) -> (Vec<SessionInfo>, broadcast::Receiver<AdminEvent>) {
+        let sessions = lock(&self.sessions);
+        let receiver = self.events.subscribe();
+        let mut snapshot: Vec<SessionInfo> = sessions.values().cloned().collect();
+        snapshot.sort_by_key(|s| s.connected_at);
+        (snapshot, receiver)
+    }
+
+    /// The sender of admin events, so other features (knowledge-base reloads, cleanups) can
+    /// publish on the same channel.
+    pub fn event_sender(&self) -> broadcast::Sender<AdminEvent> {
+        self.events.clone()
+    }
+
+    /// Registers a new session; dropping the guard removes it.
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        user_id: Uuid,
+        username: String,
+        remote_addr: Option<String>,
+        user_agent: Option<String>,
+    ) -> SessionGuard {
+        let info = SessionInfo {
+            session_id: Uuid::new_v4(),
+            user_id,
+            username,
+            connected_at: Utc::now(),
+            remote_addr,
+            user_agent,
+            asks: 0,
+            answering: 0,
+        };
+        let session_id = info.session_id;
+        let mut sessions = lock(&self.sessions);
+        sessions.insert(session_id, info.clone());
+        let _ = self
+            .events
+            .send(AdminEvent::SessionOpened { session: info });
+        drop(sessions);
+        metrics::gauge!("chat_sessions").increment(1.0);
+        SessionGuard {
+            registry: Arc::clone(self),
+            session_id,
+        }
+    }
+
+    fn update(&self, session_id: Uuid, change: impl FnOnce(&mut SessionInfo)) {
+        let mut sessions = lock(&self.sessions);
+        if let Some(info) = sessions.get_mut(&session_id) {
+            change(info);
+            let _ = self.events.send(AdminEvent::SessionUpdated {
+                session: info.clone(),
+            });
+        }
+    }
+
+    /// A question was asked on the session and its answer started.
+    pub(crate) fn answer_started(&self, session_id: Uuid) {
+        self.update(session_id, |s| {
+            s.asks += 1;
+            s.answering += 1;
+        });
+    }
+
+    /// An answer asked on the session ended (the session may be gone by then).
+    pub(crate) fn answer_finished(&self, session_id: Uuid) {
+        self.update(session_id, |s| s.answering = s.answering.saturating_sub(1));
+    }
+
+    fn close(&self, session_id: Uuid) {
+        let mut sessions = lock(&self.sessions);
+        if sessions.remove(&session_id).is_some() {
+            let _ = self.events.send(AdminEvent::SessionClosed { session_id });
+            metrics::gauge!("chat_sessions").decrement(1.0);
+        }
+    }
+
+    /// Counts an ask against the user's per-minute limit, or says in how many seconds one
+    /// would be allowed.
+    pub(crate) fn check_rate(&self, user_id: Uuid, per_minute: u32) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut guard = lock(&self.asks);
+        let (asks, swept) = &mut *guard;
+        // Now and then, forget users with no ask in the window, so the map stays as small as
+        // the active set without a full pass on every ask.
+        if now.duration_since(*swept) > SWEEP_EVERY {
+            asks.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < RATE_WINDOW)
+            });
+            *swept = now;
+        }
+        let times = asks.entry(user_id).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW)
+        {
+            times.pop_front();
+        }
+        if times.len() >= per_minute as usize {
+            let oldest = times.front().copied().unwrap_or(now);
+            let wait = RATE_WINDOW.saturating_sub(now.duration_since(oldest));
+            return Err(wait.as_secs().max(1));
+        }
+        times.push_back(now);
+        Ok(())
+    }
+
+    /// Keeps `log` resumable under the user's ask id. Fails if an answer with that id is still
+    /// being generated (a finished one with the same id is replaced).
+    pub(crate) fn register_answer(
+        &self,
+        user_id: Uuid,
+        id: &str,
+        log: Arc<AnswerLog>,
+    ) -> Result<(), ()> {
+        let mut guard = lock(&self.answers);
+        let (answers, swept) = &mut *guard;
+        let now = Instant::now();
+        if now.duration_since(*swept) > SWEEP_EVERY {
+            answers.retain(|_, logs| {
+                logs.retain(|(_, l)| !l.expired(now, RESUME_WINDOW));
+                !logs.is_empty()
+            });
+            *swept = now;
+        }
+        let logs = answers.entry(user_id).or_default();
+        logs.retain(|(_, l)| !l.expired(now, RESUME_WINDOW));
+        if let Some(pos) = logs.iter().position(|(existing, _)| existing == id) {
+            if !logs[pos].1.is_finished() {
+                return Err(());
+            }
+            logs.remove(pos);
+        }
+        while logs.len() >= MAX_BUFFERED_ANSWERS_PER_USER {
+            // Oldest finished first; if every one is live, the oldest live one stops being
+            // resumable (it still runs to the end and is stored).
+            let pos = logs.iter().position(|(_, l)| l.is_finished()).unwrap_or(0);
+            logs.remove(pos);
+        }
+        logs.push((id.to_owned(), log));
+        Ok(())
+    }
+
+    /// The user's answer with this ask id, if still resumable.
+    pub(crate) fn find_answer(&self, user_id: Uuid, id: &str) -> Option<Arc<AnswerLog>> {
+        let answers = lock(&self.answers);
+        answers
+            .0
+            .get(&user_id)?
+            .iter()
+            .find(|(existing, log)| existing == id && !log.expired(Instant::now(), RESUME_WINDOW))
+            .map(|(_, log)| Arc::clone(log))
+    }
+}
+
+/// Keeps a session listed; dropping it (the socket ended) removes it.
+pub(crate) struct SessionGuard {
+    registry: Arc<SessionRegistry>,
+    pub(crate) session_id: Uuid,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.registry.close(self.session_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_counts_per_user_and_says_when_to_retry() {
+        let registry = SessionRegistry::default();
+        let alice = Uuid::new_v4();
+        let bob = Uuid::new_v4();
+        assert!(registry.check_rate(alice, 2).is_ok());
+        assert!(registry.check_rate(alice, 2).is_ok());
+        let retry = registry.check_rate(alice, 2).unwrap_err();
+        assert!((1..=60).contains(&retry));
+        assert!(registry.check_rate(bob, 2).is_ok());
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_a_snapshot_then_every_change() {
+        let registry = Arc::new(SessionRegistry::default());
+        let user = Uuid::new_v4();
+        let first = registry.open(user, "alice".into(), None, None);
+        let (snapshot, mut events) = registry.subscribe();
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(snapshot[0].session_id, first.session_id);
+
+        let second = registry.open(user, "alice".into(), Some("127.0.0.1:1".into()), None);
+        registry.answer_started(second.session_id);
+        assert_eq!(registry.answering_now(), 1);
+        registry.answer_finished(second.session_id);
+        let second_id = second.session_id;
+        drop(second);
+
+        match events.recv().await.unwrap() {
+            AdminEvent::SessionOpened { session } => assert_eq!(session.session_id, second_id),
+            other => panic!("unexpected {other:?}"),
+        }
+        match events.recv().await.unwrap() {
+            AdminEvent::SessionUpdated { session } => {
+                assert_eq!((session.asks, session.answering), (1, 1))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match events.recv().await.unwrap() {
+            AdminEvent::SessionUpdated { session } => {
+                assert_eq!((session.asks, session.answering), (1, 0))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            events.recv().await.unwrap(),
+            AdminEvent::SessionClosed {
+                session_id: second_id
+            }
+        );
+        assert_eq!(registry.list().len(), 1);
+    }
+}

@@ -1,0 +1,709 @@
+//! `GET /ws/chat`: the chat WebSocket.
+//!
+//! Authenticate (header on the upgrade, or a first `auth` frame), then split: one writer task
+//! owns the sink and is fed by a bounded queue; the connection task `select!`s over the reader,
+//! the heartbeat, the token-expiry timer, server shutdown and the writer. Each answer runs as a
+//! task of its own on `state.tasks` (a disconnect does not stop it); a small follower task per
+//! answer copies its log into this connection's queue, and a follower that cannot queue within
+//! the slow-client bound closes the connection: a slow reader never slows an answer or anyone
+//! else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use protocol::error::{ErrorBody, ErrorCode};
+use protocol::ws::{CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHENTICATED, ClientFrame, ServerFrame};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::SendTimeoutError;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::pipeline::{self, AnswerLog, LogCursor, LogEvent};
+use super::sessions::{SessionGuard, SessionRegistry};
+use super::store;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Time allowed for the first `auth` frame when the upgrade carried no token.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames waiting for the writer, per connection. Deltas are small, so this is a few hundred
+/// KiB at most; a client that lets it fill is too slow.
+const OUT_QUEUE: usize = 256;
+/// Longest accepted ask id.
+const MAX_ID_CHARS: usize = 128;
+/// Close code for "going away" (server shutdown, dead peer).
+const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a server-side failure.
+const CLOSE_INTERNAL: u16 = 1011;
+/// Close code when the peer is too slow to read (policy violation).
+const CLOSE_POLICY: u16 = 1008;
+
+enum Outgoing {
+    Frame(ServerFrame),
+    Ping,
+    /// Sent last: the writer stops after it.
+    Close(u16, &'static str),
+}
+
+/// Open the chat socket (a WebSocket upgrade). Authenticate with `Authorization: Bearer` on the
+/// upgrade or a first `{"type":"auth","token":...}` frame within 10 s; frames as in the design.
+#[utoipa::path(
+    get, path = "/ws/chat", tag = "chat",
+    responses(
+        (status = 101, description = "Switching to the chat WebSocket protocol"),
+        (status = 401, description = "Bad or expired token in the Authorization header", body = ErrorBody),
+    )
+)]
+pub async fn chat_socket(
+    State(state): State<AppState>,
+    connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let preauth = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
+            match token {
+                None => return ApiError::Unauthorized("malformed bearer token").into_response(),
+                Some(token) => match state.tokens.verify_access(token.trim()) {
+                    Ok(user) => Some(user),
+                    Err(e) => return e.into_response(),
+                },
+            }
+        }
+    };
+    let peer = Peer {
+        remote_addr: connect_info.map(|Extension(ConnectInfo(addr))| addr.to_string()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(256).collect()),
+    };
+    // The protocol layer drops a connection on a frame over its cap, so the cap sits well above
+    // the configured limit: frames between the two get an `error` frame and the socket lives on.
+    let hard_cap = state
+        .config
+        .ws_max_frame_bytes
+        .saturating_mul(4)
+        .max(256 * 1024);
+    upgrade
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| serve(socket, state, preauth, peer))
+}
+
+struct Peer {
+    remote_addr: Option<String>,
+    user_agent: Option<String>,
+}
+
+fn error_frame(id: Option<String>, error: impl Into<FrameError>) -> ServerFrame {
+    let FrameError {
+        code,
+        message,
+        retry_after,
+    } = error.into();
+    ServerFrame::Error {
+        id,
+        code,
+        message,
+        retry_after,
+    }
+}
+
+fn text_of(frame: &ServerFrame) -> Message {
+    // Frames are plain data (strings, numbers, UUIDs): serializing them cannot fail.
+    Message::Text(serde_json::to_string(frame).unwrap_or_default().into())
+}
+
+fn close_message(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+/// A frame too big, not JSON, or not a known frame: the `error` to answer with.
+fn parse_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, ApiError> {
+    if text.len() > max_bytes {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "frames are limited to {max_bytes} bytes"
+        )));
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|_| ApiError::BadRequest("frame is not valid JSON".into()))?;
+    // serde's message names the unknown type or the missing field; it holds only client input.
+    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("bad frame: {e}")))
+}
+
+/// When the token expires, on the tokio clock.
+fn deadline_of(user: &AuthUser) -> Instant {
+    let left = user
+        .expires_at
+        .saturating_sub(chrono::Utc::now().timestamp());
+    Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
+}
+
+/// Waits for a valid `auth` frame; `None` if the socket should just end (it has been closed).
+async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Option<AuthUser> {
+    let deadline = Instant::now() + AUTH_TIMEOUT;
+    loop {
+        let message = match tokio::time::timeout_at(deadline, socket.recv()).await {
+            Err(_) => {
+                let _ = socket
+                    .send(close_message(
+                        CLOSE_UNAUTHENTICATED,
+                        "authentication timed out",
+                    ))
+                    .await;
+                return None;
+            }
+            Ok(None | Some(Err(_))) => return None,
+            Ok(Some(Ok(message))) => message,
+        };
+        let reply = match message {
+            Message::Text(text) => match parse_frame(&text, state.config.ws_max_frame_bytes) {
+                Ok(ClientFrame::Auth { token }) => match state.tokens.verify_access(&token) {
+                    Ok(user) => return Some(user),
+                    Err(e) => {
+                        let _ = socket.send(text_of(&error_frame(None, e))).await;
+                        let _ = socket
+                            .send(close_message(CLOSE_UNAUTHENTICATED, "invalid token"))
+                            .await;
+                        return None;
+                    }
+                },
+                Ok(_) => ApiError::Unauthorized("authenticate first with an `auth` frame"),
+                Err(e) => e,
+            },
+            Message::Binary(_) => ApiError::BadRequest("frames are JSON text".into()),
+            Message::Close(_) => return None,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if socket
+            .send(text_of(&error_frame(None, reply)))
+            .await
+            .is_err()
+        {
+            return None;
+        }
+    }
+}
+
+async fn serve(mut socket: WebSocket, state: AppState, preauth: Option<AuthUser>, peer: Peer) {
+    let user = match preauth {
+        Some(user) => user,
+        None => match authenticate(&mut socket, &state).await {
+            Some(user) => user,
+            None => return,
+        },
+    };
+    let profile = match state.db.get().await {
+        Ok(client) => store::user(&client, user.id).await,
+        Err(e) => Err(e.into()),
+    };
+    let profile = match profile {
+        Ok(Some(profile)) => profile,
+        Ok(None) => {
+            let _ = socket
+                .send(close_message(CLOSE_UNAUTHENTICATED, "no such user"))
+                .await;
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = ?e, "could not load the user of a chat socket");
+            let _ = socket
+                .send(close_message(CLOSE_INTERNAL, "internal error"))
+                .await;
+            return;
+        }
+    };
+    let session = state.sessions.open(
+        user.id,
+        user.username.clone(),
+        peer.remote_addr,
+        peer.user_agent,
+    );
+    let session_id = session.session_id;
+    tracing::debug!(%session_id, user_id = %user.id, "chat socket open");
+    if socket
+        .send(text_of(&ServerFrame::Ready {
+            session_id,
+            user: profile,
+        }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+
+    let (sink, stream) = socket.split();
+    let (out, queue) = mpsc::channel(OUT_QUEUE);
+    let ping_period = Duration::from_secs(state.config.ws_ping_secs.max(1));
+    // A peer may stay silent (no pong, no frame) and slow (queue full) for this long.
+    let patience = ping_period * 2;
+    let writer = tokio::spawn(write_loop(sink, queue, patience));
+    let connection = Connection {
+        deadline: deadline_of(&user),
+        user,
+        session,
+        out,
+        too_slow: CancellationToken::new(),
+        in_flight: Arc::new(AtomicUsize::new(0)),
+        followers: JoinSet::new(),
+        patience,
+        state,
+    };
+    connection.run(stream, writer, ping_period).await;
+    tracing::debug!(%session_id, "chat socket closed");
+}
+
+/// Writes queued frames until the queue ends, a close is written, or a write stalls.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut queue: mpsc::Receiver<Outgoing>,
+    patience: Duration,
+) {
+    while let Some(outgoing) = queue.recv().await {
+        let (message, last) = match outgoing {
+            Outgoing::Frame(frame) => (text_of(&frame), false),
+            Outgoing::Ping => (Message::Ping(Default::default()), false),
+            Outgoing::Close(code, reason) => (close_message(code, reason), true),
+        };
+        match tokio::time::timeout(patience, sink.send(message)).await {
+            Ok(Ok(())) if !last => {}
+            _ => return,
+        }
+    }
+    let _ = sink.close().await;
+}
+
+struct Connection {
+    state: AppState,
+    user: AuthUser,
+    /// Keeps the session listed while the connection lives.
+    session: SessionGuard,
+    /// Frames for the writer task (bounded: see `OUT_QUEUE`).
+    out: mpsc::Sender<Outgoing>,
+    /// Cancelled when the peer does not take frames fast enough.
+    too_slow: CancellationToken,
+    /// Answers asked on this connection and not finished yet (the answer tasks decrement it,
+    /// also after the connection is gone).
+    in_flight: Arc<AtomicUsize>,
+    /// One follower per answer this connection is reading; aborted when it ends.
+    followers: JoinSet<()>,
+    /// When the current access token expires; moved by a renewing `auth` frame.
+    deadline: Instant,
+    patience: Duration,
+}
+
+enum Ending {
+    /// Send this close frame, then end.
+    Close(u16, &'static str),
+    /// End at once (the peer is gone or cannot be written to).
+    Drop,
+}
+
+impl Connection {
+    async fn run(
+        mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut writer: tokio::task::JoinHandle<()>,
+        ping_period: Duration,
+    ) {
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_period, ping_period);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let expiry = tokio::time::sleep_until(self.deadline);
+        tokio::pin!(expiry);
+        let shutdown = self.state.shutdown.clone();
+        let too_slow = self.too_slow.clone();
+
+        let ending = loop {
+            tokio::select! {
+                message = stream.next() => {
+                    let Some(Ok(message)) = message else { break Ending::Drop };
+                    last_heard = Instant::now();
+                    let text = match message {
+                        Message::Text(text) => text,
+                        Message::Binary(_) => {
+                            let error = ApiError::BadRequest("frames are JSON text".into());
+                            if !self.send(error_frame(None, error)).await {
+                                break Ending::Drop;
+                            }
+                            continue;
+                        }
+                        Message::Close(_) => break Ending::Drop,
+                        Message::Ping(_) | Message::Pong(_) => continue,
+                    };
+                    let renewed = self.on_text(&text).await;
+                    if let Some(deadline) = renewed {
+                        self.deadline = deadline;
+                        expiry.as_mut().reset(deadline);
+                    }
+                    if self.too_slow.is_cancelled() {
+                        break Ending::Close(CLOSE_POLICY, "too slow to read");
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > self.patience {
+                        break Ending::Close(CLOSE_GOING_AWAY, "no answer to pings");
+                    }
+                    if !self.queue(Outgoing::Ping).await {
+                        break Ending::Drop;
+                    }
+                }
+                () = &mut expiry => break Ending::Close(CLOSE_TOKEN_EXPIRED, "token expired"),
+                () = too_slow.cancelled() => break Ending::Close(CLOSE_POLICY, "too slow to read"),
+                () = shutdown.cancelled() => break Ending::Close(CLOSE_GOING_AWAY, "server shutting down"),
+                _ = &mut writer => break Ending::Drop,
+                Some(_) = self.followers.join_next(), if !self.followers.is_empty() => {}
+            }
+        };
+
+        // Answers go on (they are tasks of their own); only this connection's readers stop.
+        self.followers.abort_all();
+        match ending {
+            Ending::Close(code, reason) => {
+                // A full queue means the peer is not reading: no point waiting to say goodbye.
+                if self.out.try_send(Outgoing::Close(code, reason)).is_ok() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+                }
+                writer.abort();
+            }
+            Ending::Drop => writer.abort(),
+        }
+    }
+
+    /// Queues a frame for the writer; false (and the connection marked too slow) if the queue
+    /// stays full for longer than the patience bound, or if the writer is gone.
+    async fn queue(&self, outgoing: Outgoing) -> bool {
+        match self.out.send_timeout(outgoing, self.patience).await {
+            Ok(()) => true,
+            Err(SendTimeoutError::Timeout(_)) => {
+                self.too_slow.cancel();
+                false
+            }
+            Err(SendTimeoutError::Closed(_)) => false,
+        }
+    }
+
+    async fn send(&self, frame: ServerFrame) -> bool {
+        self.queue(Outgoing::Frame(frame)).await
+    }
+
+    async fn send_error(&self, id: Option<String>, error: impl Into<FrameError>) {
+        self.send(error_frame(id, error)).await;
+    }
+
+    /// Handles one text frame; returns the new token deadline after a renewing `auth`.
+    async fn on_text(&mut self, text: &str) -> Option<Instant> {
+        let frame = match parse_frame(text, self.state.config.ws_max_frame_bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.send_error(None, e).await;
+                return None;
+            }
+        };
+        match frame {
+            ClientFrame::Ping => {
+                self.send(ServerFrame::Pong).await;
+            }
+            ClientFrame::Auth { token } => match self.state.tokens.verify_access(&token) {
+                Ok(user) if user.id == self.user.id => {
+                    let deadline = deadline_of(&user);
+                    self.user = user;
+                    return Some(deadline);
+                }
+                Ok(_) => {
+                    let e = ApiError::Unauthorized("the token is for another user");
+                    self.send_error(None, e).await;
+                }
+                Err(e) => self.send_error(None, e).await,
+            },
+            ClientFrame::Ask {
+                id,
+                message,
+                conversation_id,
+            } => {
+                if let Err(e) = self.ask(&id, message, conversation_id) {
+                    self.send_error(Some(id), e).await;
+                }
+            }
+            ClientFrame::Cancel { id } => {
+                match self.state.sessions.find_answer(self.user.id, &id) {
+                    Some(log) => log.cancel(),
+                    None => {
+                        let e = ApiError::NotFound("no answer with this id to cancel");
+                        self.send_error(Some(id), e).await;
+                    }
+                }
+            }
+            ClientFrame::Resume { id, after_seq } => {
+                match self.state.sessions.find_answer(self.user.id, &id) {
+                    Some(log) => self.follow(id, log.resume(after_seq)),
+                    None => {
+                        let e = ApiError::NotFound("no recent answer with this id");
+                        self.send_error(Some(id), e).await;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts an answer: limits, then a task that stores the question and generates.
+    fn ask(
+        &mut self,
+        id: &str,
+        message: String,
+        conversation_id: Option<Uuid>,
+    ) -> Result<(), FrameError> {
+        if id.is_empty() || id.chars().count() > MAX_ID_CHARS {
+            let e = ApiError::validation("id", format!("must be 1 to {MAX_ID_CHARS} characters"));
+            return Err(e.into());
+        }
+        let limit = self.state.config.ws_max_in_flight;
+        if self.in_flight.load(Ordering::Acquire) >= limit {
+            return Err(FrameError {
+                code: ErrorCode::TooManyInFlight,
+                message: format!("at most {limit} answers at a time on one connection"),
+                retry_after: None,
+            });
+        }
+        pipeline::admit(&self.state, self.user.id, &message)?;
+        let log = AnswerLog::new();
+        self.state
+            .sessions
+            .register_answer(self.user.id, id, Arc::clone(&log))
+            .map_err(|()| {
+                ApiError::Conflict("an answer with this id is still being generated".into())
+            })?;
+
+        let answering = Answering::start(
+            Arc::clone(&self.in_flight),
+            Arc::clone(&self.state.sessions),
+            self.session.session_id,
+        );
+        let state = self.state.clone();
+        let user_id = self.user.id;
+        let answer_log = Arc::clone(&log);
+        self.state.tasks.spawn(async move {
+            let _answering = answering;
+            match pipeline::accept(&state, user_id, message, conversation_id).await {
+                Ok(accepted) => pipeline::generate(state, accepted, answer_log).await,
+                Err(e) => pipeline::reject(&answer_log, &e),
+            }
+        });
+        metrics::counter!("chat_asks_total", "via" => "socket").increment(1);
+        self.follow(id.to_owned(), log.follow());
+        Ok(())
+    }
+
+    /// Copies an answer's log into this connection's queue.
+    fn follow(&mut self, id: String, cursor: LogCursor) {
+        let out = self.out.clone();
+        let too_slow = self.too_slow.clone();
+        let patience = self.patience;
+        self.followers
+            .spawn(follow(cursor, id, out, too_slow, patience));
+    }
+}
+
+async fn follow(
+    mut cursor: LogCursor,
+    id: String,
+    out: mpsc::Sender<Outgoing>,
+    too_slow: CancellationToken,
+    patience: Duration,
+) {
+    while let Some(event) = cursor.next().await {
+        let frame = match event {
+            LogEvent::Sources {
+                conversation_id,
+                sources,
+            } => ServerFrame::Sources {
+                id: id.clone(),
+                conversation_id,
+                sources,
+            },
+            LogEvent::Delta { seq, text } => ServerFrame::Delta {
+                id: id.clone(),
+                seq,
+                text,
+            },
+            LogEvent::Failed { code, message } | LogEvent::Rejected { code, message } => {
+                ServerFrame::Error {
+                    id: Some(id.clone()),
+                    code,
+                    message,
+                    retry_after: None,
+                }
+            }
+            LogEvent::Done(done) => ServerFrame::Done {
+                id: id.clone(),
+                done,
+            },
+        };
+        match out.send_timeout(Outgoing::Frame(frame), patience).await {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => {
+                too_slow.cancel();
+                return;
+            }
+            Err(SendTimeoutError::Closed(_)) => return,
+        }
+    }
+}
+
+/// What an `error` frame says: usually an [`ApiError`], plus the socket's own limits.
+struct FrameError {
+    code: ErrorCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl From<ApiError> for FrameError {
+    fn from(error: ApiError) -> Self {
+        let body = error.body().error;
+        Self {
+            code: body.code,
+            message: body.message,
+            retry_after: body.retry_after,
+        }
+    }
+}
+
+/// Counts an answer as in flight on its connection and session until dropped (by the answer
+/// task, when the answer has ended).
+struct Answering {
+    in_flight: Arc<AtomicUsize>,
+    sessions: Arc<SessionRegistry>,
+    session_id: Uuid,
+}
+
+impl Answering {
+    fn start(
+        in_flight: Arc<AtomicUsize>,
+        sessions: Arc<SessionRegistry>,
+        session_id: Uuid,
+    ) -> Self {
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        sessions.answer_started(session_id);
+        Self {
+            in_flight,
+            sessions,
+            session_id,
+        }
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.sessions.answer_finished(self.session_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(seq: u64) -> LogEvent {
+        LogEvent::Delta {
+            seq,
+            text: format!("w{seq} "),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_does_not_keep_up_is_flagged_without_blocking_the_answer() {
+        let log = AnswerLog::new();
+        for seq in 0..10 {
+            log.push(delta(seq));
+        }
+        // A queue of one that nobody drains: the peer is not reading.
+        let (out, mut queue) = mpsc::channel(1);
+        out.try_send(Outgoing::Ping).unwrap();
+        let too_slow = CancellationToken::new();
+        let follower = tokio::spawn(follow(
+            log.follow(),
+            "a1".into(),
+            out,
+            too_slow.clone(),
+            Duration::from_millis(50),
+        ));
+        tokio::time::timeout(Duration::from_secs(2), follower)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(too_slow.is_cancelled());
+        // The answer itself was never held up: the log still takes more.
+        log.push(delta(10));
+        assert!(matches!(queue.recv().await, Some(Outgoing::Ping)));
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_keeps_up_gets_every_frame_in_order() {
+        let log = AnswerLog::new();
+        let (out, mut queue) = mpsc::channel(2);
+        let too_slow = CancellationToken::new();
+        let follower = tokio::spawn(follow(
+            log.follow(),
+            "a1".into(),
+            out,
+            too_slow.clone(),
+            Duration::from_secs(5),
+        ));
+        for seq in 0..5 {
+            log.push(delta(seq));
+        }
+        log.push(LogEvent::Rejected {
+            code: ErrorCode::NotFound,
+            message: "gone".into(),
+        });
+        let mut seqs = Vec::new();
+        while let Some(Outgoing::Frame(frame)) = queue.recv().await {
+            match frame {
+                ServerFrame::Delta { id, seq, .. } => {
+                    assert_eq!(id, "a1");
+                    seqs.push(seq);
+                }
+                ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::NotFound),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        follower.await.unwrap();
+        assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
+        assert!(!too_slow.is_cancelled());
+    }
+
+    #[test]
+    fn bad_frames_get_stable_codes() {
+        let code = |text: &str| parse_frame(text, 64).unwrap_err().code();
+        assert_eq!(code("not json"), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"shout"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"ask","id":"a"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(&format!(r#"{{"type":"ping","x":"{}"}}"#, "y".repeat(64))),
+            ErrorCode::PayloadTooLarge
+        );
+        assert_eq!(
+            parse_frame(r#"{"type":"ping"}"#, 64).unwrap(),
+            ClientFrame::Ping
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! Conversations and messages in PostgreSQL: plain functions over a client, `prepare_cached`,
+//! explicit row mapping. Every query is scoped by the owning user, so another user's rows are
+//! indistinguishable from missing ones.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use protocol::chat::{Conversation, HistoryItem, Message, MessageStatus, Role, Source, Usage};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::answer::Turn;
+use crate::error::ApiError;
+
+/// Longest conversation title, in characters.
+const TITLE_CHARS: usize = 80;
+
+pub(crate) struct StoredQuestion {
+    pub question_id: Uuid,
+    pub conversation_id: Uuid,
+    /// Earlier complete exchanges of the conversation, oldest first.
+    pub history: Vec<Turn>,
+}
+
+/// In one transaction: checks the conversation is the user's (or starts one), reads its last
+/// `history_turns` complete exchanges, and stores the question.
+pub(crate) async fn store_question(
+    client: &mut deadpool_postgres::Client,
+    user_id: Uuid,
+    conversation_id: Option<Uuid>,
+    question: &str,
+    history_turns: usize,
+) -> Result<StoredQuestion, ApiError> {
+    let tx = client.transaction().await?;
+    let (conversation_id, history) = match conversation_id {
+        Some(id) => {
+            let touch = tx
+                .prepare_cached(
+                    "UPDATE conversations SET updated_at = now() WHERE id = $1 AND user_id = $2",
+                )
+                .await?;
+            if tx.execute(&touch, &[&id, &user_id]).await? == 0 {
+                return Err(ApiError::NotFound("no such conversation"));
+            }
+            let recent = tx
+                .prepare_cached(
+                    "SELECT q.content, a.content FROM messages a JOIN messages q ON q.id = a.reply_to \
+                     WHERE a.conversation_id = $1 AND a.role = 'assistant' AND a.status = 'complete' \
+                     ORDER BY a.created_at DESC, a.id DESC LIMIT $2",
+                )
+                .await?;
+            let limit = i64::try_from(history_turns).unwrap_or(i64::MAX);
+            let mut history: Vec<Turn> = tx
+                .query(&recent, &[&id, &limit])
+                .await?
+                .iter()
+                .map(|row| Turn {
+                    question: row.get(0),
+                    answer: row.get(1),
+                })
+                .collect();
+            history.reverse();
+            (id, history)
+        }
+        None => {
+            let id = Uuid::new_v4();
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO conversations (id, user_id, title) VALUES ($1, $2, $3)",
+                )
+                .await?;
+            tx.execute(&insert, &[&id, &user_id, &title_of(question)])
+                .await?;
+            (id, Vec::new())
+        }
+    };
+    let question_id = Uuid::new_v4();
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO messages (id, conversation_id, user_id, role, content, status) \
+             VALUES ($1, $2, $3, 'user', $4, 'complete')",
+        )
+        .await?;
+    tx.execute(
+        &insert,
+        &[&question_id, &conversation_id, &user_id, &question],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StoredQuestion {
+        question_id,
+        conversation_id,
+        history,
+    })
+}
+
+fn title_of(question: &str) -> String {
+    let question = question.split_whitespace().collect::<Vec<_>>().join(" ");
+    if question.chars().count() <= TITLE_CHARS {
+        return question;
+    }
+    let mut title: String = question.chars().take(TITLE_CHARS - 1).collect();
+    title.push('…');
+    title
+}
+
+/// A finished answer, whatever the ending.
+pub(crate) struct AnswerRecord<'a> {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub user_id: Uuid,
+    pub reply_to: Uuid,
+    pub content: &'a str,
+    pub status: MessageStatus,
+    pub sources: &'a [Source],
+    pub usage: Usage,
+    pub first_token_ms: Option<i32>,
+    pub latency_ms: i32,
+    pub error_code: Option<&'a str>,
+}
+
+pub(crate) async fn store_answer(
+    client: &impl GenericClient,
+    record: &AnswerRecord<'_>,
+) -> Result<(), ApiError> {
+    let sources = serde_json::to_value(record.sources).map_err(anyhow::Error::from)?;
+    let insert = client
+        .prepare_cached(
+            "WITH answer AS ( \
+               INSERT INTO messages (id, conversation_id, user_id, role, reply_to, content, status, \
+                 sources, prompt_tokens, completion_tokens, total_tokens, first_token_ms, \
+                 latency_ms, error_code) \
+               VALUES ($1, $2, $3, 'assistant', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+               RETURNING conversation_id) \
+             UPDATE conversations SET updated_at = now() \
+             WHERE id = (SELECT conversation_id FROM answer)",
+        )
+        .await?;
+    let tokens = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    client
+        .execute(
+            &insert,
+            &[
+                &record.id,
+                &record.conversation_id,
+                &record.user_id,
+                &record.reply_to,
+                &record.content,
+                &record.status.as_str(),
+                &sources,
+                &tokens(record.usage.prompt_tokens),
+                &tokens(record.usage.completion_tokens),
+                &tokens(record.usage.total_tokens),
+                &record.first_token_ms,
+                &record.latency_ms,
+                &record.error_code,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+fn status_of(text: &str) -> MessageStatus {
+    match text {
+        "complete" => MessageStatus::Complete,
+        "cancelled" => MessageStatus::Cancelled,
+        "error" => MessageStatus::Error,
+        _ => MessageStatus::Pending,
+    }
+}
+
+fn sources_of(value: Option<serde_json::Value>) -> Vec<Source> {
+    value
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+/// The user's questions with their answers, newest first, older than the question `before`.
+pub(crate) async fn history(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<HistoryItem>, ApiError> {
+    let query = client
+        .prepare_cached(
+            "SELECT q.id, q.conversation_id, q.content, q.created_at, \
+                    a.content, a.status, a.sources, a.created_at \
+             FROM messages q LEFT JOIN messages a ON a.reply_to = q.id \
+             WHERE q.user_id = $1 AND q.role = 'user' \
+               AND ($2::uuid IS NULL OR (q.created_at, q.id) < \
+                    (SELECT created_at, id FROM messages WHERE id = $2 AND user_id = $1)) \
+             ORDER BY q.created_at DESC, q.id DESC LIMIT $3",
+        )
+        .await?;
+    let rows = client.query(&query, &[&user_id, &before, &limit]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let status: Option<String> = row.get(5);
+            HistoryItem {
+                id: row.get(0),
+                conversation_id: row.get(1),
+                question: row.get(2),
+                asked_at: row.get(3),
+                answer: row.get(4),
+                status: status.as_deref().map_or(MessageStatus::Pending, status_of),
+                sources: sources_of(row.get(6)),
+                answered_at: row.get::<_, Option<DateTime<Utc>>>(7),
+            }
+        })
+        .collect())
+}
+
+/// The user's conversations, newest first, older than the conversation `before`.
+pub(crate) async fn conversations(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Conversation>, ApiError> {
+    let query = client
+        .prepare_cached(
+            "SELECT c.id, c.title, c.created_at, c.updated_at, \
+                    (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) \
+             FROM conversations c \
+             WHERE c.user_id = $1 \
+               AND ($2::uuid IS NULL OR (c.created_at, c.id) < \
+                    (SELECT created_at, id FROM conversations WHERE id = $2 AND user_id = $1)) \
+             ORDER BY c.created_at DESC, c.id DESC LIMIT $3",
+        )
+        .await?;
+    let rows = client.query(&query, &[&user_id, &before, &limit]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| Conversation {
+            id: row.get(0),
+            title: row.get(1),
+            created_at: row.get(2),
+            updated_at: row.get(3),
+            message_count: row.get(4),
+        })
+        .collect())
+}
+
+/// The messages of one of the user's conversations, newest first, older than the message
+/// `before`; `None` if the conversation is not the user's.
+pub(crate) async fn messages(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    conversation_id: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Option<Vec<Message>>, ApiError> {
+    let owner = client
+        .prepare_cached("SELECT 1 FROM conversations WHERE id = $1 AND user_id = $2")
+        .await?;
+    if client
+        .query_opt(&owner, &[&conversation_id, &user_id])
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let query = client
+        .prepare_cached(
+            "SELECT id, conversation_id, role, content, status, sources, \
+                    prompt_tokens, completion_tokens, total_tokens, created_at \
+             FROM messages \
+             WHERE conversation_id = $1 AND user_id = $2 \
+               AND ($3::uuid IS NULL OR (created_at, id) < \
+                    (SELECT created_at, id FROM messages WHERE id = $3 AND conversation_id = $1)) \
+             ORDER BY created_at DESC, id DESC LIMIT $4",
+        )
+        .await?;
+    let rows = client
+        .query(&query, &[&conversation_id, &user_id, &before, &limit])
+        .await?;
+    Ok(Some(rows.iter().map(message_of).collect()))
+}
+
+fn message_of(row: &Row) -> Message {
+    let role: &str = row.get(2);
+    let role = if role == "assistant" {
+        Role::Assistant
+    } else {
+        Role::User
+    };
+    let tokens = |i: usize| {
+        row.get::<_, Option<i32>>(i)
+            .map(|n| u32::try_from(n).unwrap_or(0))
+    };
+    let usage = match (tokens(6), tokens(7), tokens(8)) {
+        (Some(prompt_tokens), Some(completion_tokens), Some(total_tokens)) => Some(Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens,
+        }),
+        _ => None,
+    };
+    Message {
+        id: row.get(0),
+        conversation_id: row.get(1),
+        role,
+        content: row.get(3),
+        status: status_of(row.get(4)),
+        sources: sources_of(row.get(5)),
+        usage,
+        created_at: row.get(9),
+    }
+}
+
+/// Deletes one of the user's conversations with its messages; false if it is not theirs.
+pub(crate) async fn delete_conversation(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    conversation_id: Uuid,
+) -> Result<bool, ApiError> {
+    let delete = client
+        .prepare_cached("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
+        .await?;
+    Ok(client
+        .execute(&delete, &[&conversation_id, &user_id])
+        .await?
+        > 0)
+}
+
+/// The public view of a user, for the socket's `ready` frame.
+pub(crate) async fn user(
+    client: &impl GenericClient,
+    user_id: Uuid,
+) -> Result<Option<protocol::auth::User>, ApiError> {
+    let query = client
+        .prepare_cached("SELECT id, username, email, role, created_at FROM users WHERE id = $1")
+        .await?;
+    Ok(client.query_opt(&query, &[&user_id]).await?.map(|row| {
+        let role: &str = row.get(3);
+        protocol::auth::User {
+            id: row.get(0),
+            username: row.get(1),
+            email: row.get(2),
+            role: if role == "admin" {
+                protocol::auth::Role::Admin
+            } else {
+                protocol::auth::Role::User
+            },
+            created_at: row.get(4),
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_are_the_first_question_shortened() {
+        assert_eq!(title_of("  Where is\nmy parcel? "), "Where is my parcel?");
+        let long = "word ".repeat(40);
+        let title = title_of(&long);
+        assert_eq!(title.chars().count(), TITLE_CHARS);
+        assert!(title.ends_with('…'));
+    }
+}
