@@ -1,0 +1,535 @@
+//! The console's state and how keys and events change it. No I/O here: a key may produce an
+//! [`Action`] that the run loop carries out, and results come back as [`AppEvent`]s.
+
+use std::time::Instant;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use protocol::admin::{AdminEvent, CleanupRun, KbInfo, SessionInfo, Stats};
+
+use crate::api::ApiError;
+
+/// Everything that arrives on the app channel.
+#[derive(Debug, Clone)]
+pub enum AppEvent {
+    /// Redraw (elapsed times, spinners).
+    Tick,
+    Key(KeyEvent),
+    /// The terminal changed size: just redraw.
+    Resize,
+    /// A frame from the admin event socket.
+    Server(AdminEvent),
+    Connection(ConnectionState),
+    KbLoaded(Result<KbInfo, ApiError>),
+    KbReloaded(Result<KbInfo, ApiError>),
+    RunsLoaded(Result<Vec<CleanupRun>, ApiError>),
+    CleanupDone(Result<CleanupRun, ApiError>),
+    StatsLoaded(Result<Stats, ApiError>),
+    /// Something failed in the background (token refresh, an unreadable frame).
+    Error(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    Connecting,
+    Connected,
+    /// Dropped or refused; the next attempt is at `next_attempt`.
+    Retrying {
+        reason: String,
+        next_attempt: Instant,
+    },
+}
+
+/// Work for the run loop, produced by keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Quit,
+    ReloadKb,
+    RunCleanup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Sessions,
+    Kb,
+    Cleanup,
+    Stats,
+}
+
+impl Tab {
+    pub const ALL: [Tab; 4] = [Tab::Sessions, Tab::Kb, Tab::Cleanup, Tab::Stats];
+
+    pub fn index(self) -> usize {
+        match self {
+            Tab::Sessions => 0,
+            Tab::Kb => 1,
+            Tab::Cleanup => 2,
+            Tab::Stats => 3,
+        }
+    }
+
+    fn from_index(i: usize) -> Tab {
+        Tab::ALL[i % Tab::ALL.len()]
+    }
+}
+
+/// A dialog waiting for y/n.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirm {
+    ReloadKb,
+    RunCleanup,
+}
+
+/// A long operation's state, for its tab.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Job<T> {
+    Idle,
+    Running { since: Instant },
+    Done(T),
+    Failed(String),
+}
+
+impl<T> Job<T> {
+    pub fn is_running(&self) -> bool {
+        matches!(self, Job::Running { .. })
+    }
+}
+
+#[derive(Debug)]
+pub struct App {
+    pub server: String,
+    pub tab: Tab,
+    pub connection: ConnectionState,
+    /// Live sessions, oldest first (as the server lists them).
+    pub sessions: Vec<SessionInfo>,
+    pub selected_session: usize,
+    pub kb: Option<KbInfo>,
+    pub reload: Job<()>,
+    pub runs: Vec<CleanupRun>,
+    pub selected_run: usize,
+    pub cleanup: Job<CleanupRun>,
+    pub stats: Option<Stats>,
+    pub stats_at: Option<Instant>,
+    pub confirm: Option<Confirm>,
+    pub show_help: bool,
+    /// The latest failure, for the status bar. It stays until replaced or dismissed with `x`:
+    /// clearing it on the next success would hide a flapping failure.
+    pub last_error: Option<String>,
+    pub should_quit: bool,
+}
+
+/// How many cleanup runs the console keeps and asks for.
+pub const RUNS_SHOWN: u32 = 50;
+
+impl App {
+    pub fn new(server: impl Into<String>) -> Self {
+        Self {
+            server: server.into(),
+            tab: Tab::Sessions,
+            connection: ConnectionState::Connecting,
+            sessions: Vec::new(),
+            selected_session: 0,
+            kb: None,
+            reload: Job::Idle,
+            runs: Vec::new(),
+            selected_run: 0,
+            cleanup: Job::Idle,
+            stats: None,
+            stats_at: None,
+            confirm: None,
+            show_help: false,
+            last_error: None,
+            should_quit: false,
+        }
+    }
+
+    pub fn handle_key(&mut self, key: KeyEvent) -> Option<Action> {
+        // Terminals that report releases (Windows, kitty protocol) would act twice otherwise.
+        if key.kind == KeyEventKind::Release {
+            return None;
+        }
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            return self.quit();
+        }
+        if let Some(confirm) = self.confirm {
+            return match key.code {
+                KeyCode::Char('y' | 'Y') | KeyCode::Enter => {
+                    self.confirm = None;
+                    Some(self.start(confirm))
+                }
+                KeyCode::Char('n' | 'N') | KeyCode::Esc | KeyCode::Char('q') => {
+                    self.confirm = None;
+                    None
+                }
+                _ => None,
+            };
+        }
+        if self.show_help {
+            // Any key closes help; quitting from it takes a second press, which is harmless.
+            self.show_help = false;
+            return None;
+        }
+        match key.code {
+            KeyCode::Char('q') | KeyCode::Esc => return self.quit(),
+            KeyCode::Char('?') => self.show_help = true,
+            KeyCode::Tab => self.tab = Tab::from_index(self.tab.index() + 1),
+            KeyCode::BackTab => self.tab = Tab::from_index(self.tab.index() + Tab::ALL.len() - 1),
+            KeyCode::Char(c @ '1'..='4') => self.tab = Tab::from_index(c as usize - '1' as usize),
+            KeyCode::Up | KeyCode::Char('k') => self.move_selection(-1),
+            KeyCode::Down | KeyCode::Char('j') => self.move_selection(1),
+            KeyCode::Home => self.move_selection(isize::MIN),
+            KeyCode::End => self.move_selection(isize::MAX),
+            KeyCode::Char('r') if self.tab == Tab::Kb => {
+                if self.reload.is_running() {
+                    self.last_error = Some("a reload is already running".into());
+                } else {
+                    self.confirm = Some(Confirm::ReloadKb);
+                }
+            }
+            KeyCode::Char('c') if self.tab == Tab::Cleanup => {
+                if self.cleanup.is_running() {
+                    self.last_error = Some("a cleanup is already running".into());
+                } else {
+                    self.confirm = Some(Confirm::RunCleanup);
+                }
+            }
+            KeyCode::Char('x') => self.last_error = None,
+            _ => {}
+        }
+        None
+    }
+
+    fn quit(&mut self) -> Option<Action> {
+        self.should_quit = true;
+        Some(Action::Quit)
+    }
+
+    fn start(&mut self, confirm: Confirm) -> Action {
+        let since = Instant::now();
+        match confirm {
+            Confirm::ReloadKb => {
+                self.reload = Job::Running { since };
+                Action::ReloadKb
+            }
+            Confirm::RunCleanup => {
+                self.cleanup = Job::Running { since };
+                Action::RunCleanup
+            }
+        }
+    }
+
+    fn move_selection(&mut self, delta: isize) {
+        let (selected, len) = match self.tab {
+            Tab::Sessions => (&mut self.selected_session, self.sessions.len()),
+            Tab::Cleanup => (&mut self.selected_run, self.runs.len()),
+            Tab::Kb | Tab::Stats => return,
+        };
+        if len == 0 {
+            *selected = 0;
+            return;
+        }
+        let next = selected.saturating_add_signed(delta);
+        *selected = next.min(len - 1);
+    }
+
+    pub fn apply(&mut self, event: AppEvent) {
+        match event {
+            AppEvent::Tick | AppEvent::Resize => {}
+            AppEvent::Key(key) => {
+                // Keys normally go through `handle_key` so the caller sees the action; this
+                // keeps `apply` total for callers that do not care.
+                let _ = self.handle_key(key);
+            }
+            AppEvent::Server(event) => self.apply_server(event),
+            AppEvent::Connection(state) => self.connection = state,
+            AppEvent::KbLoaded(result) => match result {
+                Ok(kb) => self.kb = Some(kb),
+                Err(e) => self.last_error = Some(format!("knowledge base: {e}")),
+            },
+            AppEvent::KbReloaded(result) => match result {
+                Ok(kb) => {
+                    self.kb = Some(kb);
+                    self.reload = Job::Done(());
+                }
+                Err(e) if e.is_conflict() => {
+                    self.reload = Job::Failed("a reload is already running".into());
+                }
+                Err(e) => {
+                    self.reload = Job::Failed(e.to_string());
+                    self.last_error = Some(format!("reload: {e}"));
+                }
+            },
+            AppEvent::RunsLoaded(result) => match result {
+                Ok(runs) => {
+                    self.runs = runs;
+                    self.clamp_selection();
+                }
+                Err(e) => self.last_error = Some(format!("cleanup runs: {e}")),
+            },
+            AppEvent::CleanupDone(result) => match result {
+                Ok(run) => {
+                    self.add_run(run.clone());
+                    self.cleanup = Job::Done(run);
+                }
+                Err(e) if e.is_conflict() => {
+                    self.cleanup = Job::Failed("a cleanup is already running".into());
+                }
+                Err(e) => {
+                    self.cleanup = Job::Failed(e.to_string());
+                    self.last_error = Some(format!("cleanup: {e}"));
+                }
+            },
+            AppEvent::StatsLoaded(result) => match result {
+                Ok(stats) => {
+                    self.stats = Some(stats);
+                    self.stats_at = Some(Instant::now());
+                }
+                Err(e) => self.last_error = Some(format!("stats: {e}")),
+            },
+            AppEvent::Error(message) => self.last_error = Some(message),
+        }
+    }
+
+    fn apply_server(&mut self, event: AdminEvent) {
+        match event {
+            AdminEvent::Snapshot { sessions } => self.sessions = sessions,
+            AdminEvent::SessionOpened { session } | AdminEvent::SessionUpdated { session } => {
+                match self
+                    .sessions
+                    .iter_mut()
+                    .find(|s| s.session_id == session.session_id)
+                {
+                    Some(existing) => *existing = session,
+                    None => self.sessions.push(session),
+                }
+            }
+            AdminEvent::SessionClosed { session_id } => {
+                self.sessions.retain(|s| s.session_id != session_id);
+            }
+            // Another admin's reload (or ours, arriving before the HTTP answer).
+            AdminEvent::KbReloaded { kb } => self.kb = Some(kb),
+            AdminEvent::CleanupFinished { run } => self.add_run(run),
+        }
+        self.clamp_selection();
+    }
+
+    /// Adds a run at the top, once: our own run arrives both as the answer and as an event.
+    fn add_run(&mut self, run: CleanupRun) {
+        match self.runs.iter_mut().find(|r| r.id == run.id) {
+            Some(existing) => *existing = run,
+            None => {
+                self.runs.insert(0, run);
+                self.runs.truncate(RUNS_SHOWN as usize);
+            }
+        }
+    }
+
+    fn clamp_selection(&mut self) {
+        self.selected_session = self
+            .selected_session
+            .min(self.sessions.len().saturating_sub(1));
+        self.selected_run = self.selected_run.min(self.runs.len().saturating_sub(1));
+    }
+
+    /// Answers being generated across the live sessions.
+    pub fn answering(&self) -> u32 {
+        self.sessions.iter().map(|s| s.answering).sum()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use protocol::ErrorCode;
+    use protocol::admin::CleanupTrigger;
+    use uuid::Uuid;
+
+    pub fn key(code: KeyCode) -> KeyEvent {
+        KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    pub fn session(name: &str, n: u128) -> SessionInfo {
+        SessionInfo {
+            session_id: Uuid::from_u128(n),
+            user_id: Uuid::from_u128(1000 + n),
+            username: name.into(),
+            connected_at: Utc.with_ymd_and_hms(2026, 11, 29, 8, 0, n as u32).unwrap(),
+            remote_addr: Some("10.0.0.7:5555".into()),
+            user_agent: Some("Mozilla/5.0".into()),
+            asks: 3,
+            answering: 1,
+        }
+    }
+
+    pub fn run(id: i64) -> CleanupRun {
+        CleanupRun {
+            id,
+            trigger: CleanupTrigger::Manual,
+            started_at: Utc.with_ymd_and_hms(2026, 11, 29, 3, 0, 0).unwrap(),
+            finished_at: Some(Utc.with_ymd_and_hms(2026, 11, 29, 3, 0, 2).unwrap()),
+            messages_deleted: 42,
+            conversations_deleted: 7,
+            error: None,
+        }
+    }
+
+    fn conflict() -> ApiError {
+        ApiError::Server {
+            status: 409,
+            code: Some(ErrorCode::Conflict),
+            message: "busy".into(),
+        }
+    }
+
+    #[test]
+    fn tabs_switch_with_tab_backtab_and_digits() {
+        let mut app = App::new("http://x");
+        assert_eq!(app.handle_key(key(KeyCode::Tab)), None);
+        assert_eq!(app.tab, Tab::Kb);
+        app.handle_key(key(KeyCode::BackTab));
+        app.handle_key(key(KeyCode::BackTab));
+        assert_eq!(app.tab, Tab::Stats, "back-tab wraps around");
+        app.handle_key(key(KeyCode::Char('3')));
+        assert_eq!(app.tab, Tab::Cleanup);
+        app.handle_key(key(KeyCode::Char('1')));
+        assert_eq!(app.tab, Tab::Sessions);
+    }
+
+    #[test]
+    fn quit_keys_produce_quit() {
+        for k in [
+            key(KeyCode::Char('q')),
+            key(KeyCode::Esc),
+            KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
+        ] {
+            let mut app = App::new("http://x");
+            assert_eq!(app.handle_key(k), Some(Action::Quit), "{k:?}");
+            assert!(app.should_quit);
+        }
+    }
+
+    #[test]
+    fn reload_needs_confirmation_and_can_be_cancelled() {
+        let mut app = App::new("http://x");
+        app.handle_key(key(KeyCode::Char('2')));
+        assert_eq!(app.handle_key(key(KeyCode::Char('r'))), None);
+        assert_eq!(app.confirm, Some(Confirm::ReloadKb));
+        // Esc answers the dialog, it does not quit.
+        assert_eq!(app.handle_key(key(KeyCode::Esc)), None);
+        assert_eq!(app.confirm, None);
+        assert!(!app.should_quit);
+
+        app.handle_key(key(KeyCode::Char('r')));
+        assert_eq!(
+            app.handle_key(key(KeyCode::Char('y'))),
+            Some(Action::ReloadKb)
+        );
+        assert!(app.reload.is_running());
+        // A second `r` while running does not stack another reload.
+        assert_eq!(app.handle_key(key(KeyCode::Char('r'))), None);
+        assert_eq!(app.confirm, None);
+        assert!(
+            app.last_error
+                .as_deref()
+                .unwrap()
+                .contains("already running")
+        );
+    }
+
+    #[test]
+    fn keys_only_act_on_their_tab() {
+        let mut app = App::new("http://x");
+        app.handle_key(key(KeyCode::Char('r')));
+        app.handle_key(key(KeyCode::Char('c')));
+        assert_eq!(app.confirm, None, "sessions tab has neither action");
+        app.handle_key(key(KeyCode::Char('3')));
+        app.handle_key(key(KeyCode::Char('c')));
+        assert_eq!(app.confirm, Some(Confirm::RunCleanup));
+        assert_eq!(
+            app.handle_key(key(KeyCode::Enter)),
+            Some(Action::RunCleanup)
+        );
+    }
+
+    #[test]
+    fn cleanup_conflict_reads_already_running() {
+        let mut app = App::new("http://x");
+        app.cleanup = Job::Running {
+            since: Instant::now(),
+        };
+        app.apply(AppEvent::CleanupDone(Err(conflict())));
+        assert_eq!(
+            app.cleanup,
+            Job::Failed("a cleanup is already running".into())
+        );
+    }
+
+    #[test]
+    fn own_cleanup_is_listed_once() {
+        let mut app = App::new("http://x");
+        app.apply(AppEvent::RunsLoaded(Ok(vec![run(1)])));
+        app.apply(AppEvent::Server(AdminEvent::CleanupFinished {
+            run: run(2),
+        }));
+        app.apply(AppEvent::CleanupDone(Ok(run(2))));
+        let ids: Vec<i64> = app.runs.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [2, 1]);
+        assert!(matches!(app.cleanup, Job::Done(ref r) if r.id == 2));
+    }
+
+    #[test]
+    fn session_events_update_the_list_and_snapshot_resets_it() {
+        let mut app = App::new("http://x");
+        app.apply(AppEvent::Server(AdminEvent::Snapshot {
+            sessions: vec![session("alice", 1), session("bob", 2)],
+        }));
+        app.apply(AppEvent::Server(AdminEvent::SessionOpened {
+            session: session("carol", 3),
+        }));
+        let mut bob = session("bob", 2);
+        bob.asks = 9;
+        app.apply(AppEvent::Server(AdminEvent::SessionUpdated {
+            session: bob,
+        }));
+        app.handle_key(key(KeyCode::End));
+        assert_eq!(app.selected_session, 2);
+        app.apply(AppEvent::Server(AdminEvent::SessionClosed {
+            session_id: Uuid::from_u128(3),
+        }));
+        let names: Vec<&str> = app.sessions.iter().map(|s| s.username.as_str()).collect();
+        assert_eq!(names, ["alice", "bob"]);
+        assert_eq!(app.sessions[1].asks, 9);
+        assert_eq!(app.selected_session, 1, "selection stays inside the list");
+
+        // After a reconnect the snapshot is the truth, not a merge.
+        app.apply(AppEvent::Server(AdminEvent::Snapshot {
+            sessions: vec![session("dave", 4)],
+        }));
+        assert_eq!(app.sessions.len(), 1);
+        assert_eq!(app.selected_session, 0);
+    }
+
+    #[test]
+    fn selection_moves_within_bounds() {
+        let mut app = App::new("http://x");
+        app.handle_key(key(KeyCode::Down));
+        assert_eq!(app.selected_session, 0, "empty list");
+        app.sessions = vec![session("a", 1), session("b", 2)];
+        app.handle_key(key(KeyCode::Down));
+        app.handle_key(key(KeyCode::Down));
+        assert_eq!(app.selected_session, 1);
+        app.handle_key(key(KeyCode::Up));
+        app.handle_key(key(KeyCode::Up));
+        assert_eq!(app.selected_session, 0);
+    }
+
+    #[test]
+    fn help_opens_and_any_key_closes_it() {
+        let mut app = App::new("http://x");
+        app.handle_key(key(KeyCode::Char('?')));
+        assert!(app.show_help);
+        assert_eq!(app.handle_key(key(KeyCode::Char('q'))), None);
+        assert!(!app.show_help);
+        assert!(!app.should_quit);
+    }
+}

@@ -1,0 +1,20 @@
+//! `chat-admin`: the support-chat admin console, a client of the server's admin API.
+//!
+//! # Layout
+//!
+//! - [`api`]: typed REST client (login, token refresh, sessions, knowledge base, reload,
+//!   cleanup, cleanup runs, stats); server errors become readable [`api::ApiError`]s.
+//! - [`auth`]: credentials, and the task that refreshes the access token before it expires.
+//! - [`events`]: the live admin event socket, reconnecting with backoff, feeding the app channel.
+//! - [`app`]: the [`app::App`] state; keys become [`app::Action`]s, events are applied. No I/O.
+//! - [`ui`]: `draw(frame, &App)`, a pure rendering of the state.
+//! - [`run`]: the event loop tying them together, and terminal setup/restore.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod events;
+pub mod run;
+pub mod ui;
+
+pub use run::{Config, run};

@@ -1,0 +1,262 @@
+//! The console's clients against the real server and PostgreSQL.
+
+#[path = "../../server/tests/common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use admin_tui::api::{ApiClient, ApiError};
+use admin_tui::app::{AppEvent, ConnectionState};
+use admin_tui::auth::{self, Credentials, Secret};
+use admin_tui::events::{self, AdminSocket};
+use common::{TestApp, spawn_app_with, workspace_dir};
+use futures::SinkExt;
+use protocol::ErrorCode;
+use protocol::admin::{AdminEvent, CleanupTrigger};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const ADMIN_PASSWORD: &str = "admin password for console tests";
+
+async fn spawn_with_admin() -> TestApp {
+    spawn_app_with(|c| {
+        c.admin_username = Some("boss".into());
+        c.admin_password = Some(server::config::Secret::new(ADMIN_PASSWORD));
+        // The harness looks for fixtures next to the including crate; they live in server/.
+        c.knowledge_base_dir = workspace_dir().join("server/tests/fixtures/kb");
+    })
+    .await
+}
+
+async fn next_event(socket: &mut AdminSocket) -> AdminEvent {
+    tokio::time::timeout(Duration::from_secs(10), socket.next_event())
+        .await
+        .expect("an event within 10 s")
+        .expect("socket open")
+        .expect("a readable event")
+}
+
+async fn next_app_event(rx: &mut mpsc::Receiver<AppEvent>) -> AppEvent {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an app event within 10 s")
+        .expect("channel open")
+}
+
+#[tokio::test]
+async fn rest_client_logs_in_refreshes_and_drives_the_admin_routes() {
+    let app = spawn_with_admin().await;
+    let api = ApiClient::new(&app.base);
+
+    let wrong = api.login("boss", "not the password").await.unwrap_err();
+    assert!(wrong.is_auth(), "{wrong:?}");
+    assert_eq!(wrong.code(), Some(ErrorCode::Unauthorized));
+
+    let first = api.login("boss", ADMIN_PASSWORD).await.unwrap();
+    assert!(first.expires_in > 0);
+    let pair = api.refresh(&first.refresh).await.unwrap();
+    assert_ne!(pair.refresh, first.refresh, "refresh tokens rotate");
+    let token = pair.access.as_str();
+
+    let kb = api.kb(token).await.unwrap();
+    assert!(kb.documents > 0 && kb.chunks >= kb.documents, "{kb:?}");
+    let reloaded = api.reload_kb(token).await.unwrap();
+    assert_eq!(reloaded.chunks, kb.chunks);
+    assert_eq!(
+        reloaded.embedded, 0,
+        "unchanged documents come from the cache"
+    );
+    assert!(reloaded.loaded_at > kb.loaded_at);
+
+    let run = api.cleanup(token).await.unwrap();
+    assert_eq!(run.trigger, CleanupTrigger::Manual);
+    assert!(run.finished_at.is_some());
+    let runs = api.cleanup_runs(token, 5).await.unwrap();
+    assert_eq!(runs.first().map(|r| r.id), Some(run.id));
+
+    app.user_tokens("erin").await;
+    let stats = api.stats(token).await.unwrap();
+    assert_eq!(stats.users, 2, "boss and erin");
+    assert_eq!(stats.live_sessions, 0);
+    assert!(api.sessions(token).await.unwrap().is_empty());
+
+    // A plain user gets the server's own message, not a panic or a decode error.
+    let user = app.user_tokens("frank").await;
+    match api.stats(&user.access).await.unwrap_err() {
+        ApiError::Server {
+            status,
+            code,
+            message,
+        } => {
+            assert_eq!(status, 403);
+            assert_eq!(code, Some(ErrorCode::Forbidden));
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected a server error, got {other:?}"),
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn event_socket_sees_sessions_reloads_and_cleanups() {
+    let app = spawn_with_admin().await;
+    let api = ApiClient::new(&app.base);
+    let admin = api.login("boss", ADMIN_PASSWORD).await.unwrap();
+
+    let mut socket = AdminSocket::connect(&app.base, &admin.access)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut socket).await,
+        AdminEvent::Snapshot { sessions: vec![] }
+    );
+
+    let alice = app.user_tokens("alice").await;
+    let mut request = app.ws_url("/ws/chat").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", alice.access).parse().unwrap(),
+    );
+    let (mut chat, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    let AdminEvent::SessionOpened { session } = next_event(&mut socket).await else {
+        panic!("expected session_opened");
+    };
+    assert_eq!(session.username, "alice");
+    let listed = api.sessions(&admin.access).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].session_id, session.session_id);
+
+    let kb = api.reload_kb(&admin.access).await.unwrap();
+    let run = api.cleanup(&admin.access).await.unwrap();
+    let mut saw_kb = false;
+    let mut saw_run = false;
+    while !(saw_kb && saw_run) {
+        match next_event(&mut socket).await {
+            AdminEvent::KbReloaded { kb: event } => {
+                assert_eq!(event.loaded_at, kb.loaded_at);
+                saw_kb = true;
+            }
+            AdminEvent::CleanupFinished { run: event } => {
+                assert_eq!(event.id, run.id);
+                saw_run = true;
+            }
+            // Session updates (the ready frame, counters) may interleave.
+            AdminEvent::SessionUpdated { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    chat.send(Message::Close(None)).await.unwrap();
+    drop(chat);
+    loop {
+        if let AdminEvent::SessionClosed { session_id } = next_event(&mut socket).await {
+            assert_eq!(session_id, session.session_id);
+            break;
+        }
+    }
+    socket.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn event_task_reports_connection_state_and_forwards_the_snapshot() {
+    let app = spawn_with_admin().await;
+    let api = ApiClient::new(&app.base);
+    let admin = api.login("boss", ADMIN_PASSWORD).await.unwrap();
+    let (_access_tx, access) = watch::channel(admin.access.clone());
+    let (tx, mut rx) = mpsc::channel(16);
+    let task = tokio::spawn(events::run(app.base.clone(), access, tx));
+
+    assert!(matches!(
+        next_app_event(&mut rx).await,
+        AppEvent::Connection(ConnectionState::Connected)
+    ));
+    assert!(matches!(
+        next_app_event(&mut rx).await,
+        AppEvent::Server(AdminEvent::Snapshot { sessions }) if sessions.is_empty()
+    ));
+
+    // The server going away shows as "retrying", not as a silent freeze.
+    app.stop().await;
+    loop {
+        match next_app_event(&mut rx).await {
+            AppEvent::Connection(ConnectionState::Retrying { next_attempt, .. }) => {
+                let wait = next_attempt.saturating_duration_since(std::time::Instant::now());
+                assert!(
+                    wait <= Duration::from_secs(1),
+                    "first retry is quick: {wait:?}"
+                );
+                break;
+            }
+            AppEvent::Connection(ConnectionState::Connected) => {
+                panic!("reconnected to a dead server")
+            }
+            _ => {}
+        }
+    }
+    drop(rx);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the task ends once the app channel is gone")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn event_socket_refuses_a_plain_user() {
+    let app = spawn_with_admin().await;
+    let user = app.user_tokens("gina").await;
+    let refused = AdminSocket::connect(&app.base, &user.access).await;
+    let Err(e) = refused else {
+        panic!("a plain user got the admin event socket");
+    };
+    assert!(e.to_string().contains("403"), "{e}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn access_token_is_refreshed_before_it_expires() {
+    let app = spawn_app_with(|c| {
+        c.admin_username = Some("boss".into());
+        c.admin_password = Some(server::config::Secret::new(ADMIN_PASSWORD));
+        c.knowledge_base_dir = workspace_dir().join("server/tests/fixtures/kb");
+        // refresh_delay(11) is 1 s: the refresher acts within the test's patience.
+        c.access_token_ttl_secs = 11;
+    })
+    .await;
+    let api = ApiClient::new(&app.base);
+    let credentials = Credentials::Password {
+        username: "boss".into(),
+        password: Secret::new(ADMIN_PASSWORD),
+    };
+    let tokens = auth::start(&api, &credentials).await.unwrap();
+    let first = tokens.access();
+    let (access_tx, mut access) = watch::channel(first.clone());
+    let (tx, _rx) = mpsc::channel(4);
+    let task = tokio::spawn(auth::keep_fresh(
+        api.clone(),
+        credentials,
+        tokens,
+        access_tx,
+        tx,
+    ));
+
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(10), access.changed())
+            .await
+            .expect("a new access token within 10 s")
+            .unwrap();
+    }
+    let current = access.borrow().clone();
+    assert_ne!(current, first);
+    // Two rotations in a row work: the refresher always spends the newest refresh token.
+    api.stats(&current).await.unwrap();
+
+    drop(access);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the refresher stops once nobody reads the token")
+        .unwrap();
+    app.stop().await;
+}
