@@ -1,0 +1,321 @@
+//! Gemini (Generative Language API v1beta): `models/{model}:streamGenerateContent?alt=sse`.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream, StreamExt};
+use protocol::chat::Usage;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::http;
+use super::{ChatModel, ChatStream, Prompt, ProviderError};
+use crate::answer::Chunk;
+use crate::config::Secret;
+
+const PROVIDER: &str = "gemini";
+/// Low temperature: answers restate the context rather than paraphrase creatively.
+const TEMPERATURE: f32 = 0.2;
+
+pub struct GeminiChatOptions {
+    /// API root without `/v1beta`.
+    pub base_url: String,
+    pub api_key: Secret,
+    pub model: String,
+    pub thinking_budget: i32,
+    pub max_output_tokens: u32,
+    pub first_token_timeout: Duration,
+}
+
+pub struct GeminiChat {
+    client: reqwest::Client,
+    options: GeminiChatOptions,
+}
+
+impl GeminiChat {
+    pub fn new(client: reqwest::Client, options: GeminiChatOptions) -> Self {
+        Self { client, options }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "{}/v1beta/models/{}:streamGenerateContent?alt=sse",
+            self.options.base_url.trim_end_matches('/'),
+            self.options.model
+        )
+    }
+
+    /// The request body: earlier turns as `user`/`model` contents, the grounding instruction as
+    /// `systemInstruction`, the context and question as the last user turn.
+    pub fn body(&self, prompt: &Prompt) -> serde_json::Value {
+        let mut contents = Vec::new();
+        for turn in &prompt.history {
+            contents.push(json!({"role": "user", "parts": [{"text": turn.question}]}));
+            contents.push(json!({"role": "model", "parts": [{"text": turn.answer}]}));
+        }
+        contents.push(json!({"role": "user", "parts": [{"text": prompt.user_message()}]}));
+        json!({
+            "contents": contents,
+            "systemInstruction": {"parts": [{"text": prompt.system}]},
+            "generationConfig": {
+                "temperature": TEMPERATURE,
+                "maxOutputTokens": self.options.max_output_tokens,
+                "thinkingConfig": {"thinkingBudget": self.options.thinking_budget},
+            },
+        })
+    }
+
+    async fn open_once(&self, body: &serde_json::Value) -> Result<ChatStream, ProviderError> {
+        // Retries happen one level up, in `open_with_retry`, so that a stream that breaks before
+        // its first delta is retried too.
+        let request = self
+            .client
+            .post(self.url())
+            .header("x-goog-api-key", self.options.api_key.expose())
+            .json(body);
+        let response = http::send_once(PROVIDER, request).await?;
+        Ok(parse_stream(http::sse_data(PROVIDER, response)))
+    }
+}
+
+impl ChatModel for GeminiChat {
+    fn describe(&self) -> String {
+        format!("gemini:{}", self.options.model)
+    }
+
+    fn stream<'a>(
+        &'a self,
+        prompt: &'a Prompt,
+    ) -> BoxFuture<'a, Result<ChatStream, ProviderError>> {
+        Box::pin(async move {
+            let body = self.body(prompt);
+            http::open_with_retry(self.options.first_token_timeout, || self.open_once(&body)).await
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StreamResponse {
+    #[serde(default)]
+    candidates: Vec<Candidate>,
+    #[serde(default)]
+    prompt_feedback: Option<PromptFeedback>,
+    #[serde(default)]
+    usage_metadata: Option<UsageMetadata>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Content {
+    #[serde(default)]
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(default)]
+    text: Option<String>,
+    /// Reasoning ("thought") parts are not answer text.
+    #[serde(default)]
+    thought: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptFeedback {
+    #[serde(default)]
+    block_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default)]
+    prompt_token_count: u32,
+    #[serde(default)]
+    candidates_token_count: u32,
+    #[serde(default)]
+    total_token_count: u32,
+}
+
+struct ParseState {
+    events: BoxStream<'static, Result<String, ProviderError>>,
+    pending: VecDeque<Result<Chunk, ProviderError>>,
+    /// Usage counts are cumulative: the last one seen wins.
+    usage: Usage,
+    finished: bool,
+    done: bool,
+}
+
+/// Turns the SSE `data` payloads into answer chunks. The stream ends with `Finished` only when
+/// a candidate carried a normal `finishReason`; a connection that closes before that is an error.
+fn parse_stream(events: BoxStream<'static, Result<String, ProviderError>>) -> ChatStream {
+    let state = ParseState {
+        events,
+        pending: VecDeque::new(),
+        usage: Usage::default(),
+        finished: false,
+        done: false,
+    };
+    stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(item) = st.pending.pop_front() {
+                return Some((item, st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.events.next().await {
+                Some(Ok(data)) => handle_event(&mut st, &data),
+                Some(Err(e)) => {
+                    st.done = true;
+                    // A connection that breaks after the finish reason lost nothing.
+                    st.pending.push_back(if st.finished {
+                        Ok(Chunk::Finished { usage: st.usage })
+                    } else {
+                        Err(e)
+                    });
+                }
+                None => {
+                    st.done = true;
+                    st.pending.push_back(if st.finished {
+                        Ok(Chunk::Finished { usage: st.usage })
+                    } else {
+                        Err(ProviderError::unavailable(
+                            "the answer stream was cut off; please ask again",
+                        ))
+                    });
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+fn handle_event(st: &mut ParseState, data: &str) {
+    if data.trim().is_empty() {
+        return;
+    }
+    let response: StreamResponse = match serde_json::from_str(data) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(provider = PROVIDER, error = %e, "unparseable stream event");
+            st.done = true;
+            st.pending.push_back(Err(ProviderError::unavailable(
+                "the answer service sent an unexpected response",
+            )));
+            return;
+        }
+    };
+    if let Some(u) = response.usage_metadata {
+        st.usage = Usage {
+            prompt_tokens: u.prompt_token_count,
+            completion_tokens: u.candidates_token_count,
+            total_tokens: u.total_token_count,
+        };
+    }
+    if response.candidates.is_empty() {
+        if let Some(reason) = response.prompt_feedback.and_then(|f| f.block_reason) {
+            tracing::info!(provider = PROVIDER, reason = %reason, "prompt blocked");
+            st.done = true;
+            st.pending.push_back(Err(ProviderError::blocked(
+                "the question was blocked by the answer service's safety filters",
+            )));
+        }
+        return;
+    }
+    // One candidate is asked for; only the first is read.
+    let candidate = &response.candidates[0];
+    if let Some(content) = &candidate.content {
+        for part in &content.parts {
+            if let Some(text) = &part.text
+                && !part.thought
+                && !text.is_empty()
+            {
+                st.pending.push_back(Ok(Chunk::Delta(text.clone())));
+            }
+        }
+    }
+    match candidate.finish_reason.as_deref() {
+        None | Some("") | Some("FINISH_REASON_UNSPECIFIED") => {}
+        Some("STOP") => st.finished = true,
+        Some("MAX_TOKENS") => {
+            tracing::info!(provider = PROVIDER, "answer hit the output token limit");
+            st.finished = true;
+        }
+        Some(reason) => {
+            tracing::info!(
+                provider = PROVIDER,
+                reason,
+                "answer stopped by the provider"
+            );
+            st.done = true;
+            st.pending.push_back(Err(ProviderError::blocked(
+                "the answer was stopped by the answer service's safety filters",
+            )));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn run(events: Vec<&str>) -> Vec<Result<Chunk, ProviderError>> {
+        let events: Vec<Result<String, ProviderError>> =
+            events.into_iter().map(|e| Ok(e.to_owned())).collect();
+        parse_stream(stream::iter(events).boxed()).collect().await
+    }
+
+    #[tokio::test]
+    async fn thoughts_are_skipped_and_usage_is_the_last() {
+        let out = run(vec![
+            r#"{"candidates":[{"content":{"parts":[{"text":"plan","thought":true},{"text":"Hel"}],"role":"model"}}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":1,"totalTokenCount":6}}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"lo"}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":2,"totalTokenCount":7}}"#,
+        ])
+        .await;
+        let out: Vec<Chunk> = out.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(
+            out,
+            vec![
+                Chunk::Delta("Hel".into()),
+                Chunk::Delta("lo".into()),
+                Chunk::Finished {
+                    usage: Usage {
+                        prompt_tokens: 5,
+                        completion_tokens: 2,
+                        total_tokens: 7
+                    }
+                }
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn blocked_prompt_is_an_error() {
+        let out = run(vec![r#"{"promptFeedback":{"blockReason":"SAFETY"}}"#]).await;
+        assert_eq!(out.len(), 1);
+        let err = out[0].as_ref().unwrap_err();
+        assert_eq!(err.kind, super::super::ProviderErrorKind::Blocked);
+    }
+
+    #[tokio::test]
+    async fn missing_finish_reason_is_a_cut_off() {
+        let out = run(vec![
+            r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}]}}]}"#,
+        ])
+        .await;
+        assert!(matches!(out[0], Ok(Chunk::Delta(_))));
+        assert!(out[1].is_err());
+    }
+}

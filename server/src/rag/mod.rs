@@ -1,0 +1,294 @@
+//! Retrieval: the knowledge base loaded, chunked, embedded (through the PostgreSQL cache) and
+//! indexed, held behind an atomic swap so a reload never blocks or fails a question in flight.
+//!
+//! Layout:
+//! - `loader`: files → chunks (headings, paragraphs, size bound, overlap).
+//! - `embed`: the [`Embedder`](embed::Embedder) trait and its local, Gemini and OpenAI forms.
+//! - `cache`: the embedding cache table.
+//! - `index`: FAISS + BM25 and their fusion.
+//! - `eval`: retrieval and answer quality on a question set.
+
+pub mod cache;
+pub mod embed;
+pub mod eval;
+pub mod index;
+pub mod loader;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use deadpool_postgres::Pool;
+use protocol::admin::KbInfo;
+use protocol::error::ErrorCode;
+
+use crate::config::Config;
+use crate::llm::ProviderError;
+use embed::{EmbedKind, Embedder};
+use index::{HNSW_THRESHOLD, KbIndex};
+
+/// Chunks embedded per provider call during a load; each batch is cached as soon as it is done,
+/// so an interrupted load keeps its progress.
+const EMBED_BATCH: usize = 32;
+
+/// A retrieved passage, best first in [`Rag::retrieve`]'s answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retrieved {
+    /// Path relative to the knowledge base.
+    pub document: String,
+    /// Index of the chunk within its document.
+    pub chunk: u32,
+    pub heading: String,
+    pub text: String,
+    /// Cosine similarity to the question.
+    pub score: f32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RagError {
+    #[error("a knowledge-base reload is already running")]
+    ReloadInProgress,
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// Database, index or task failures: logged, never shown verbatim.
+    #[error("retrieval failed: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl RagError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::ReloadInProgress => ErrorCode::Conflict,
+            Self::Provider(_) => ErrorCode::ProviderUnavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// A message safe to show to a user or admin.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::ReloadInProgress => self.to_string(),
+            Self::Provider(e) => e.message.clone(),
+            Self::Internal(_) => "retrieval failed; see the server log".to_owned(),
+        }
+    }
+}
+
+/// What questions are answered from: the index and its description, swapped as one.
+struct Snapshot {
+    index: Arc<KbIndex>,
+    info: KbInfo,
+}
+
+/// The knowledge base service: load, reload, search.
+pub struct Rag {
+    embedder: Arc<dyn Embedder>,
+    db: Pool,
+    kb_dir: PathBuf,
+    /// The loaded knowledge base. Readers take a cheap snapshot (`load_full`) and keep it for
+    /// the whole question, so a reload swapping in a new one never disturbs them.
+    current: ArcSwap<Snapshot>,
+    /// One reload at a time; a second caller gets [`RagError::ReloadInProgress`] instead of
+    /// paying for the same embeddings twice.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Rag {
+    /// Loads the knowledge base named by the configuration with the configured embedder.
+    /// Files that fail to load are listed in [`KbInfo::errors`]; an unusable embedder, database
+    /// or knowledge-base folder fails the start.
+    pub async fn start(config: &Config, db: Pool) -> anyhow::Result<Arc<Rag>> {
+        let embedder = embed::build(config).await?;
+        Self::with_embedder(embedder, db, config.knowledge_base_dir.clone()).await
+    }
+
+    /// Like [`Rag::start`] with a given embedder (tests, tools).
+    pub async fn with_embedder(
+        embedder: Arc<dyn Embedder>,
+        db: Pool,
+        kb_dir: PathBuf,
+    ) -> anyhow::Result<Arc<Rag>> {
+        let embedder: Arc<dyn Embedder> = Arc::new(embed::QueryCache::new(embedder));
+        let snapshot = build_snapshot(embedder.as_ref(), &db, &kb_dir).await?;
+        log_loaded(&snapshot.info);
+        Ok(Arc::new(Rag {
+            embedder,
+            db,
+            kb_dir,
+            current: ArcSwap::from_pointee(snapshot),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Reloads the folder and swaps the new index in atomically. Questions already retrieving
+    /// keep the old index; on failure the old index stays in place.
+    pub async fn reload(&self) -> Result<KbInfo, RagError> {
+        let _guard = self
+            .reload_lock
+            .try_lock()
+            .map_err(|_| RagError::ReloadInProgress)?;
+        let snapshot = build_snapshot(self.embedder.as_ref(), &self.db, &self.kb_dir).await?;
+        let info = snapshot.info.clone();
+        log_loaded(&info);
+        self.current.store(Arc::new(snapshot));
+        Ok(info)
+    }
+
+    /// What the loaded knowledge base holds.
+    pub fn info(&self) -> KbInfo {
+        self.current.load().info.clone()
+    }
+
+    /// The embedder of questions and passages.
+    pub fn embedder(&self) -> Arc<dyn Embedder> {
+        Arc::clone(&self.embedder)
+    }
+
+    /// The cosine similarity under which passages are not used.
+    pub fn relevance_threshold(&self) -> f32 {
+        self.embedder.relevance_threshold()
+    }
+
+    /// The `k` most relevant passages above the relevance threshold, best first; empty when
+    /// nothing in the knowledge base is relevant. Embedding and search run off the async
+    /// workers.
+    pub async fn retrieve(&self, question: &str, k: usize) -> Result<Vec<Retrieved>, RagError> {
+        self.retrieve_above(question, k, self.embedder.relevance_threshold())
+            .await
+    }
+
+    /// [`Rag::retrieve`] with an explicit similarity threshold (evaluation and tuning).
+    pub async fn retrieve_above(
+        &self,
+        question: &str,
+        k: usize,
+        threshold: f32,
+    ) -> Result<Vec<Retrieved>, RagError> {
+        let started = Instant::now();
+        let snapshot = self.current.load_full();
+        let query = self
+            .embedder
+            .embed(&[question.to_owned()], EmbedKind::Query)
+            .await?
+            .pop()
+            .context("the embedder returned no vector")?;
+        let index = Arc::clone(&snapshot.index);
+        let question = question.to_owned();
+        let hits = tokio::task::spawn_blocking(move || {
+            index
+                .search(&question, &query, k, threshold)
+                .map(|hits| (index, hits))
+        })
+        .await
+        .context("the search task failed")??;
+        let (index, hits) = hits;
+        metrics::histogram!("rag_retrieval_seconds").record(started.elapsed().as_secs_f64());
+        Ok(hits
+            .into_iter()
+            .map(|hit| {
+                let chunk = &index.chunks[hit.row];
+                Retrieved {
+                    document: chunk.document.clone(),
+                    chunk: chunk.index,
+                    heading: chunk.heading.clone(),
+                    text: chunk.text.clone(),
+                    score: hit.similarity,
+                }
+            })
+            .collect())
+    }
+}
+
+fn log_loaded(info: &KbInfo) {
+    tracing::info!(
+        documents = info.documents,
+        chunks = info.chunks,
+        embedded = info.embedded,
+        cached = info.cached,
+        errors = info.errors.len(),
+        index = %info.index_kind,
+        took_ms = info.took_ms,
+        "knowledge base loaded"
+    );
+}
+
+/// Loads, embeds (cache first) and indexes the folder.
+async fn build_snapshot(
+    embedder: &dyn Embedder,
+    db: &Pool,
+    kb_dir: &std::path::Path,
+) -> Result<Snapshot, RagError> {
+    let started = Instant::now();
+    let dir = kb_dir.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || loader::load_dir(&dir))
+        .await
+        .context("the loader task failed")?
+        .with_context(|| format!("reading the knowledge base folder {}", kb_dir.display()))?;
+
+    let key = cache::CacheKey {
+        provider: embedder.provider(),
+        model: embedder.model(),
+        dimension: embedder.dimension(),
+    };
+    let texts: Vec<String> = loaded.chunks.iter().map(|c| c.embedding_text()).collect();
+    let hashes: Vec<String> = texts.iter().map(|t| cache::content_hash(t)).collect();
+    let mut known = cache::lookup(db, &key, &hashes)
+        .await
+        .context("reading the embedding cache")?;
+
+    // Embed each distinct missing text once.
+    let mut missing: Vec<(String, String)> = Vec::new();
+    for (hash, text) in hashes.iter().zip(&texts) {
+        if !known.contains_key(hash) && !missing.iter().any(|(h, _)| h == hash) {
+            missing.push((hash.clone(), text.clone()));
+        }
+    }
+    let mut embedded = 0;
+    for batch in missing.chunks(EMBED_BATCH) {
+        let batch_texts: Vec<String> = batch.iter().map(|(_, t)| t.clone()).collect();
+        let vectors = embedder.embed(&batch_texts, EmbedKind::Document).await?;
+        let entries: Vec<(String, Vec<f32>)> =
+            batch.iter().map(|(h, _)| h.clone()).zip(vectors).collect();
+        cache::store(db, &key, &entries)
+            .await
+            .context("writing the embedding cache")?;
+        embedded += entries.len();
+        known.extend(entries);
+    }
+    metrics::counter!("rag_chunks_embedded_total").increment(embedded as u64);
+
+    let dimension = embedder.dimension();
+    let mut vectors = Vec::with_capacity(hashes.len() * dimension);
+    for hash in &hashes {
+        let v = known.get(hash).context("a chunk has no vector")?;
+        vectors.extend_from_slice(v);
+    }
+    let documents = loaded.documents;
+    let chunk_count = loaded.chunks.len();
+    let chunks = loaded.chunks;
+    let index = tokio::task::spawn_blocking(move || {
+        KbIndex::build(chunks, dimension, vectors, HNSW_THRESHOLD)
+    })
+    .await
+    .context("the index task failed")??;
+    let info = KbInfo {
+        documents,
+        chunks: chunk_count,
+        embedding_provider: embedder.provider().to_owned(),
+        embedding_model: embedder.model().to_owned(),
+        dimension,
+        index_kind: index.index_kind().to_owned(),
+        loaded_at: chrono::Utc::now(),
+        embedded,
+        // Duplicated passages are embedded once; their twins count as cached.
+        cached: chunk_count - embedded,
+        took_ms: started.elapsed().as_millis() as u64,
+        errors: loaded.errors,
+    };
+    Ok(Snapshot {
+        index: Arc::new(index),
+        info,
+    })
+}
