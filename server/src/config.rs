@@ -203,6 +203,10 @@ pub struct Config {
     /// Passages given to the model as context.
     #[arg(long, env = "RAG_TOP_K", default_value_t = 4)]
     pub rag_top_k: usize,
+    /// Cosine similarity under which a passage is not used as context [default: tuned per
+    /// embedding model: 0.36 for all-MiniLM-L6-v2, 0.62 for Gemini, 0.40 for OpenAI-compatible].
+    #[arg(long, env = "RAG_MIN_SIMILARITY")]
+    pub rag_min_similarity: Option<f32>,
     /// Earlier question/answer pairs of the conversation put in the prompt.
     #[arg(long, env = "HISTORY_TURNS", default_value_t = 4)]
     pub history_turns: usize,
@@ -302,6 +306,13 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "RAG_TOP_K, WS_MAX_IN_FLIGHT and ASKS_PER_MINUTE must be at least 1".into(),
             ));
+        }
+        if let Some(t) = self.rag_min_similarity
+            && !(-1.0..=1.0).contains(&t)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "RAG_MIN_SIMILARITY is a cosine similarity within -1..=1 (got {t})"
+            )));
         }
         if self.admin_username.is_some() != self.admin_password.is_some() {
             return Err(ConfigError::Invalid(

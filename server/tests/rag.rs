@@ -261,3 +261,22 @@ async fn eval_scores_the_pipeline_on_a_question_set() {
     );
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn rag_min_similarity_overrides_the_model_threshold() {
+    let db = TestDb::new().await;
+    let strict = config(&db.url, &fixture_kb(), &["--rag-min-similarity", "0.99"]);
+    let answerer = Answerer::start(&strict, db.pool.clone()).await.unwrap();
+    assert_eq!(answerer.rag().relevance_threshold(), 0.99);
+    let prepared = answerer
+        .prepare(AnswerRequest {
+            question: "How long does it take to get my refund?".into(),
+            history: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(prepared.sources.is_empty(), "nothing is that similar");
+    let (answer, _) = collect_text(prepared.stream).await.unwrap();
+    assert_eq!(answer, REFUSAL);
+    db.drop_db().await;
+}

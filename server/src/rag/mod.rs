@@ -87,6 +87,9 @@ pub struct Rag {
     embedder: Arc<dyn Embedder>,
     db: Pool,
     kb_dir: PathBuf,
+    /// Cosine similarity under which a passage is not used: `RAG_MIN_SIMILARITY`, else the
+    /// embedder's tuned default.
+    threshold: f32,
     /// The loaded knowledge base. Readers take a cheap snapshot (`load_full`) and keep it for
     /// the whole question, so a reload swapping in a new one never disturbs them.
     current: ArcSwap<Snapshot>,
@@ -101,7 +104,13 @@ impl Rag {
     /// or knowledge-base folder fails the start.
     pub async fn start(config: &Config, db: Pool) -> anyhow::Result<Arc<Rag>> {
         let embedder = embed::build(config).await?;
-        Self::with_embedder(embedder, db, config.knowledge_base_dir.clone()).await
+        Self::load(
+            embedder,
+            db,
+            config.knowledge_base_dir.clone(),
+            config.rag_min_similarity,
+        )
+        .await
     }
 
     /// Like [`Rag::start`] with a given embedder (tests, tools).
@@ -110,6 +119,16 @@ impl Rag {
         db: Pool,
         kb_dir: PathBuf,
     ) -> anyhow::Result<Arc<Rag>> {
+        Self::load(embedder, db, kb_dir, None).await
+    }
+
+    async fn load(
+        embedder: Arc<dyn Embedder>,
+        db: Pool,
+        kb_dir: PathBuf,
+        threshold: Option<f32>,
+    ) -> anyhow::Result<Arc<Rag>> {
+        let threshold = threshold.unwrap_or_else(|| embedder.relevance_threshold());
         let embedder: Arc<dyn Embedder> = Arc::new(embed::QueryCache::new(embedder));
         let snapshot = build_snapshot(embedder.as_ref(), &db, &kb_dir).await?;
         log_loaded(&snapshot.info);
@@ -117,6 +136,7 @@ impl Rag {
             embedder,
             db,
             kb_dir,
+            threshold,
             current: ArcSwap::from_pointee(snapshot),
             reload_lock: tokio::sync::Mutex::new(()),
         }))
@@ -148,15 +168,14 @@ impl Rag {
 
     /// The cosine similarity under which passages are not used.
     pub fn relevance_threshold(&self) -> f32 {
-        self.embedder.relevance_threshold()
+        self.threshold
     }
 
     /// The `k` most relevant passages above the relevance threshold, best first; empty when
     /// nothing in the knowledge base is relevant. Embedding and search run off the async
     /// workers.
     pub async fn retrieve(&self, question: &str, k: usize) -> Result<Vec<Retrieved>, RagError> {
-        self.retrieve_above(question, k, self.embedder.relevance_threshold())
-            .await
+        self.retrieve_above(question, k, self.threshold).await
     }
 
     /// [`Rag::retrieve`] with an explicit similarity threshold (evaluation and tuning).
