@@ -98,10 +98,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     // --- service ---
-    /// PostgreSQL URL.
+    /// PostgreSQL URL (may hold a password: its value is never printed).
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://root@127.0.0.1:5432/support_chat"
     )]
     pub database_url: String,
@@ -123,6 +124,12 @@ pub struct Config {
     /// Seconds to let requests and answers in flight finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+    /// Seconds between an instance's heartbeats in the shared live-sessions table.
+    #[arg(long, env = "INSTANCE_HEARTBEAT_SECS", default_value_t = 10)]
+    pub instance_heartbeat_secs: u64,
+    /// Seconds without a heartbeat after which an instance's live sessions are dropped.
+    #[arg(long, env = "INSTANCE_STALE_SECS", default_value_t = 30)]
+    pub instance_stale_secs: u64,
 
     // --- auth ---
     /// HMAC secret for tokens, at least 32 bytes. Unset: a random one per start.
@@ -313,6 +320,13 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "RAG_MIN_SIMILARITY is a cosine similarity within -1..=1 (got {t})"
             )));
+        }
+        if self.instance_heartbeat_secs == 0
+            || self.instance_stale_secs <= self.instance_heartbeat_secs
+        {
+            return Err(ConfigError::Invalid(
+                "INSTANCE_HEARTBEAT_SECS must be at least 1 and below INSTANCE_STALE_SECS".into(),
+            ));
         }
         if self.admin_username.is_some() != self.admin_password.is_some() {
             return Err(ConfigError::Invalid(
