@@ -39,13 +39,8 @@ async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
 }
 
 async fn logout(app: &TestApp, access: &str, refresh: &str) -> reqwest::Response {
-    app.client
-        .post(app.url("/api/logout/"))
-        .bearer_auth(access)
-        .json(&json!({"refresh": refresh}))
-        .send()
+    app.post_json_authed("/api/logout/", access, &json!({"refresh": refresh}))
         .await
-        .expect("request sent")
 }
 
 #[tokio::test]
@@ -166,16 +161,9 @@ async fn reusing_a_refresh_token_revokes_its_family() {
         "the newer token of the family is revoked too"
     );
 
-    let live: i64 = app
-        .db()
-        .await
-        .query_one(
-            "SELECT count(*) FROM refresh_tokens WHERE revoked_at IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let live = app
+        .count("SELECT count(*) FROM refresh_tokens WHERE revoked_at IS NULL")
+        .await;
     assert_eq!(live, 1, "only the other login's token is live");
 
     // Another login of the same user is a different family and still works.
@@ -421,16 +409,9 @@ async fn refresh_tokens_expire() {
 
     // The next login drops the user's expired tokens.
     assert_eq!(app.login("grace", PASSWORD).await.status(), StatusCode::OK);
-    let expired: i64 = app
-        .db()
-        .await
-        .query_one(
-            "SELECT count(*) FROM refresh_tokens WHERE expires_at < now()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let expired = app
+        .count("SELECT count(*) FROM refresh_tokens WHERE expires_at < now()")
+        .await;
     assert_eq!(expired, 0);
 }
 
@@ -482,13 +463,7 @@ async fn duplicates_conflict_regardless_of_case() {
         "{body}"
     );
 
-    let count: i64 = app
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = app.count("SELECT count(*) FROM users").await;
     assert_eq!(count, 1);
 }
 
@@ -599,13 +574,7 @@ async fn every_validation_error_names_its_field() {
             .status(),
         201
     );
-    let count: i64 = app
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = app.count("SELECT count(*) FROM users").await;
     assert_eq!(count, 2);
 }
 
@@ -882,33 +851,20 @@ async fn bootstrap_admin_and_the_admin_extractor() {
 async fn health_metrics_and_api_docs() {
     let app = spawn_app().await;
 
-    let response = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let response = app.get("/healthz").await;
     assert_eq!(response.status(), StatusCode::OK);
-    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let response = app.get("/readyz").await;
     assert_eq!(response.status(), StatusCode::OK);
 
     app.signup("sybil", "sybil@example.com", PASSWORD).await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("http_requests_total"), "{metrics}");
     assert!(
         metrics.contains("/api/signup/"),
         "requests are labelled by route"
     );
 
-    let response = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/openapi.json").await;
     assert_eq!(response.status(), StatusCode::OK);
     let api: Value = response.json().await.unwrap();
     for path in [
@@ -925,16 +881,15 @@ async fn health_metrics_and_api_docs() {
     );
     assert!(api["components"]["securitySchemes"]["bearer"].is_object());
 
-    let response = app.client.get(app.url("/docs")).send().await.unwrap();
+    let response = app.get("/docs").await;
     assert_eq!(response.status(), StatusCode::OK);
     let html = response.text().await.unwrap();
     assert!(html.to_lowercase().contains("<html"), "{html}");
 
     // Unknown routes and methods answer with the JSON error shape too.
-    let (status, body) = error_of(app.client.get(app.url("/api/nope")).send().await.unwrap()).await;
+    let (status, body) = error_of(app.get("/api/nope").await).await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
-    let (status, body) =
-        error_of(app.client.get(app.url("/api/login/")).send().await.unwrap()).await;
+    let (status, body) = error_of(app.get("/api/login/").await).await;
     assert_eq!(
         (status, code(&body)),
         (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
@@ -993,13 +948,7 @@ impl Proxy {
 async fn wait_for_readyz(app: &TestApp, want: StatusCode) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = app
-            .client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = app.get("/readyz").await.status();
         if status == want {
             return;
         }
@@ -1031,19 +980,11 @@ async fn readyz_follows_the_database() {
     wait_for_readyz(&app, StatusCode::OK).await;
     proxy.down();
     wait_for_readyz(&app, StatusCode::SERVICE_UNAVAILABLE).await;
-    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let response = app.get("/readyz").await;
     let (_, body) = error_of(response).await;
     assert_eq!(code(&body), "unavailable");
     // Meanwhile the process is up, and a request needing the database fails cleanly.
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get("/healthz").await.status(), 200);
     let (status, body) = error_of(app.signup("trent", "trent@example.com", PASSWORD).await).await;
     assert!(status.is_server_error(), "{status}");
     assert!(body["error"]["code"].is_string());

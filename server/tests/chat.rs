@@ -9,17 +9,12 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
-use common::{TestApp, spawn_app, spawn_app_with};
+use common::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app, spawn_app_with};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -155,22 +150,10 @@ async fn spawn_with_fake(adjust: impl FnOnce(&mut Config)) -> (TestApp, Arc<Fake
 // ---------------------------------------------------------------------------------------------
 // Socket helpers.
 
-async fn connect(app: &TestApp, token: Option<&str>) -> Result<Ws, WsError> {
-    let mut request = app.ws_url("/ws/chat").into_client_request().unwrap();
-    if let Some(token) = token {
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    tokio_tungstenite::connect_async(request)
-        .await
-        .map(|(ws, _)| ws)
-}
-
 /// Connects with the header and reads `ready`.
 async fn connect_ready(app: &TestApp, token: &str) -> Ws {
-    let mut ws = connect(app, Some(token)).await.expect("socket connects");
-    let ready = next_json(&mut ws).await;
+    let mut ws = app.ws_connect(token).await;
+    let ready = next_frame(&mut ws).await;
     assert_eq!(ready["type"], "ready", "{ready}");
     ws
 }
@@ -181,40 +164,9 @@ async fn send(ws: &mut Ws, frame: Value) {
         .expect("frame sent");
 }
 
-#[derive(Debug)]
-enum Incoming {
-    Json(Value),
-    Closed(Option<CloseFrame>),
-}
-
-async fn next_incoming(ws: &mut Ws) -> Incoming {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next())
-            .await
-            .expect("a frame in time")
-        {
-            Some(Ok(Message::Text(text))) => {
-                return Incoming::Json(serde_json::from_str(&text).unwrap());
-            }
-            Some(Ok(Message::Close(frame))) => return Incoming::Closed(frame),
-            Some(Ok(_)) => continue,
-            None | Some(Err(_)) => return Incoming::Closed(None),
-        }
-    }
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    match next_incoming(ws).await {
-        Incoming::Json(value) => value,
-        Incoming::Closed(frame) => panic!("socket closed: {frame:?}"),
-    }
-}
-
 /// Expects the next frame to be an `error` with this code; returns it.
 async fn expect_error(ws: &mut Ws, code: &str) -> Value {
-    let frame = next_json(ws).await;
+    let frame = next_frame(ws).await;
     assert_eq!(frame["type"], "error", "{frame}");
     assert_eq!(frame["code"], code, "{frame}");
     frame
@@ -248,7 +200,7 @@ impl Answer {
 async fn read_answer(ws: &mut Ws, id: &str) -> Answer {
     let mut answer = Answer::default();
     loop {
-        let frame = next_json(ws).await;
+        let frame = next_frame(ws).await;
         assert_eq!(frame["id"], id, "{frame}");
         match frame["type"].as_str().unwrap() {
             "sources" => answer.sources = Some(frame),
@@ -286,25 +238,6 @@ fn assert_seqs_from(deltas: &[(u64, String)], first: u64) {
 
 // ---------------------------------------------------------------------------------------------
 // REST helpers.
-
-async fn get(app: &TestApp, token: &str, path: &str) -> reqwest::Response {
-    app.client
-        .get(app.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
-    app.client
-        .post(app.url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
 
 /// The stored answer of a conversation (newest message), straight from the database.
 async fn stored_answer(app: &TestApp, conversation_id: &str) -> Option<(String, String)> {
@@ -347,8 +280,11 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 async fn header_auth_streams_an_answer_in_order_that_matches_what_is_stored() {
     let app = spawn_app().await;
     let tokens = app.user_tokens("alice").await;
-    let mut ws = connect(&app, Some(&tokens.access)).await.unwrap();
-    let ready = next_json(&mut ws).await;
+    let mut ws = app
+        .try_ws_connect("/ws/chat", Some(&tokens.access))
+        .await
+        .unwrap();
+    let ready = next_frame(&mut ws).await;
     assert_eq!(ready["type"], "ready");
     assert_eq!(ready["user"]["username"], "alice");
     assert!(ready["user"].get("password_hash").is_none());
@@ -411,17 +347,17 @@ async fn first_frame_auth_works_and_bad_credentials_are_refused() {
     let tokens = app.user_tokens("alice").await;
 
     // A bad header token is refused before the upgrade.
-    match connect(&app, Some("not-a-token")).await {
+    match app.try_ws_connect("/ws/chat", Some("not-a-token")).await {
         Err(WsError::Http(response)) => assert_eq!(response.status(), 401),
         other => panic!("expected a 401, got {other:?}"),
     }
 
     // Without a header: other frames first get an error, then `auth` opens the session.
-    let mut ws = connect(&app, None).await.unwrap();
+    let mut ws = app.try_ws_connect("/ws/chat", None).await.unwrap();
     send(&mut ws, json!({"type":"ping"})).await;
     expect_error(&mut ws, "unauthorized").await;
     send(&mut ws, json!({"type":"auth","token": tokens.access})).await;
-    let ready = next_json(&mut ws).await;
+    let ready = next_frame(&mut ws).await;
     assert_eq!(ready["type"], "ready");
     assert_eq!(ready["user"]["username"], "alice");
     ask(&mut ws, "a1", "Can I return an item?").await;
@@ -429,7 +365,7 @@ async fn first_frame_auth_works_and_bad_credentials_are_refused() {
     assert_eq!(answer.done["finish_reason"], "stop");
 
     // A bad token in the first frame: an error, then close 4003.
-    let mut ws = connect(&app, None).await.unwrap();
+    let mut ws = app.try_ws_connect("/ws/chat", None).await.unwrap();
     send(&mut ws, json!({"type":"auth","token":"forged"})).await;
     expect_error(&mut ws, "unauthorized").await;
     let close = expect_close(&mut ws).await.expect("a close frame");
@@ -459,9 +395,9 @@ async fn an_expired_token_closes_with_4001_and_renewal_keeps_the_socket() {
             .unwrap()
     };
     let started = Instant::now();
-    let mut ws = connect(&app, None).await.unwrap();
+    let mut ws = app.try_ws_connect("/ws/chat", None).await.unwrap();
     send(&mut ws, json!({"type":"auth","token": tokens.access})).await;
-    let ready = next_json(&mut ws).await;
+    let ready = next_frame(&mut ws).await;
     let user_id: uuid::Uuid = ready["user"]["id"].as_str().unwrap().parse().unwrap();
     let first = mint(&app, user_id);
     send(&mut ws, json!({"type":"auth","token": first})).await;
@@ -471,7 +407,7 @@ async fn an_expired_token_closes_with_4001_and_renewal_keeps_the_socket() {
     tokio::time::sleep(Duration::from_millis(4100).saturating_sub(started.elapsed())).await;
     // Past the first token's expiry: still open.
     send(&mut ws, json!({"type":"ping"})).await;
-    assert_eq!(next_json(&mut ws).await["type"], "pong");
+    assert_eq!(next_frame(&mut ws).await["type"], "pong");
     // A bad renewal is answered but does not end the socket.
     send(&mut ws, json!({"type":"auth","token":"forged"})).await;
     expect_error(&mut ws, "unauthorized").await;
@@ -528,20 +464,14 @@ async fn malformed_frames_get_error_frames_and_the_socket_stays_up() {
 
     // Still up and answering.
     send(&mut ws, json!({"type":"ping"})).await;
-    assert_eq!(next_json(&mut ws).await["type"], "pong");
+    assert_eq!(next_frame(&mut ws).await["type"], "pong");
     ask(&mut ws, "a4", "How long does shipping take?").await;
     assert_eq!(
         read_answer(&mut ws, "a4").await.done["finish_reason"],
         "stop"
     );
     // None of the refused asks was stored.
-    let count: i64 = app
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM messages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = app.count("SELECT count(*) FROM messages").await;
     assert_eq!(count, 2);
 }
 
@@ -553,13 +483,13 @@ async fn asks_per_minute_are_limited_per_user_across_socket_and_rest() {
     let mut ws = connect_ready(&app, &alice.access).await;
     ask(&mut ws, "a1", "How long do refunds take?").await;
     read_answer(&mut ws, "a1").await;
-    let response = post(
-        &app,
-        &alice.access,
-        "/api/chat/",
-        json!({"message":"Can I return an item?"}),
-    )
-    .await;
+    let response = app
+        .post_json_authed(
+            "/api/chat/",
+            &alice.access,
+            &json!({"message":"Can I return an item?"}),
+        )
+        .await;
     assert_eq!(response.status(), 200);
 
     ask(&mut ws, "a3", "How long does shipping take?").await;
@@ -567,26 +497,26 @@ async fn asks_per_minute_are_limited_per_user_across_socket_and_rest() {
     assert_eq!(limited["id"], "a3");
     let retry = limited["retry_after"].as_u64().unwrap();
     assert!((1..=60).contains(&retry));
-    let response = post(
-        &app,
-        &alice.access,
-        "/api/chat/",
-        json!({"message":"Where is my parcel?"}),
-    )
-    .await;
+    let response = app
+        .post_json_authed(
+            "/api/chat/",
+            &alice.access,
+            &json!({"message":"Where is my parcel?"}),
+        )
+        .await;
     assert_eq!(response.status(), 429);
     assert!(response.headers().get("retry-after").is_some());
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");
 
     // Another user is not affected.
-    let response = post(
-        &app,
-        &bob.access,
-        "/api/chat/",
-        json!({"message":"Where is my parcel?"}),
-    )
-    .await;
+    let response = app
+        .post_json_authed(
+            "/api/chat/",
+            &bob.access,
+            &json!({"message":"Where is my parcel?"}),
+        )
+        .await;
     assert_eq!(response.status(), 200);
 }
 
@@ -601,7 +531,7 @@ async fn answers_in_flight_per_connection_are_limited() {
     let mut refused = false;
     let mut a1 = Answer::default();
     loop {
-        let frame = next_json(&mut ws).await;
+        let frame = next_frame(&mut ws).await;
         if frame["id"] == "a2" {
             assert_eq!(frame["type"], "error");
             assert_eq!(frame["code"], "too_many_in_flight");
@@ -637,7 +567,7 @@ async fn cancel_stops_the_provider_and_stores_a_cancelled_answer() {
     ask(&mut ws, "a1", "tell me slowly about refunds").await;
     let mut answer = Answer::default();
     while answer.deltas.len() < 3 {
-        let frame = next_json(&mut ws).await;
+        let frame = next_frame(&mut ws).await;
         if frame["type"] == "delta" {
             answer.deltas.push((
                 frame["seq"].as_u64().unwrap(),
@@ -648,7 +578,7 @@ async fn cancel_stops_the_provider_and_stores_a_cancelled_answer() {
     // The same id cannot be asked again while its answer runs.
     ask(&mut ws, "a1", "tell me slowly about shipping").await;
     loop {
-        let frame = next_json(&mut ws).await;
+        let frame = next_frame(&mut ws).await;
         if frame["type"] == "delta" {
             answer.deltas.push((
                 frame["seq"].as_u64().unwrap(),
@@ -692,7 +622,7 @@ async fn a_disconnect_mid_answer_still_completes_and_stores_it() {
     let mut conversation_id = None;
     let mut deltas = 0;
     while deltas < 2 {
-        let frame = next_json(&mut ws).await;
+        let frame = next_frame(&mut ws).await;
         match frame["type"].as_str().unwrap() {
             "sources" => {
                 conversation_id = Some(frame["conversation_id"].as_str().unwrap().to_owned())
@@ -704,7 +634,8 @@ async fn a_disconnect_mid_answer_still_completes_and_stores_it() {
     drop(ws);
     let conversation_id = conversation_id.expect("sources came first");
     // While it is still being generated the history shows the question as pending.
-    let history: Value = get(&app, &tokens.access, "/api/chat-history/")
+    let history: Value = app
+        .get_authed("/api/chat-history/", &tokens.access)
         .await
         .json()
         .await
@@ -718,7 +649,8 @@ async fn a_disconnect_mid_answer_still_completes_and_stores_it() {
     assert_eq!(stats.dropped.load(Ordering::SeqCst), 0);
 
     // It is in the history when the user comes back.
-    let history: Value = get(&app, &tokens.access, "/api/chat-history/")
+    let history: Value = app
+        .get_authed("/api/chat-history/", &tokens.access)
         .await
         .json()
         .await
@@ -735,7 +667,7 @@ async fn resume_after_reconnect_replays_the_rest_without_gaps_or_repeats() {
     ask(&mut first, "a1", "tell me slowly about refunds").await;
     let mut seen = Vec::new();
     while seen.len() < 5 {
-        let frame = next_json(&mut first).await;
+        let frame = next_frame(&mut first).await;
         if frame["type"] == "delta" {
             seen.push((
                 frame["seq"].as_u64().unwrap(),
@@ -864,13 +796,13 @@ async fn a_provider_failing_before_or_during_the_stream_ends_the_answer_as_error
     assert_eq!(content, "w0 w1 w2 ");
 
     // REST reports the failure as a 502 with a stable code.
-    let response = post(
-        &app,
-        &tokens.access,
-        "/api/chat/",
-        json!({"message":"How long do refunds take? fail before"}),
-    )
-    .await;
+    let response = app
+        .post_json_authed(
+            "/api/chat/",
+            &tokens.access,
+            &json!({"message":"How long do refunds take? fail before"}),
+        )
+        .await;
     assert_eq!(response.status(), 502);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "provider_unavailable");
@@ -973,13 +905,13 @@ async fn rest_chat_is_seed_compatible_and_continues_a_conversation() {
     let response = app.post_json("/api/chat/", &json!({"message":"hi"})).await;
     assert_eq!(response.status(), 401);
 
-    let response = post(
-        &app,
-        &tokens.access,
-        "/api/chat/",
-        json!({"message":"How long do refunds take?"}),
-    )
-    .await;
+    let response = app
+        .post_json_authed(
+            "/api/chat/",
+            &tokens.access,
+            &json!({"message":"How long do refunds take?"}),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     let first: Value = response.json().await.unwrap();
     assert!(!first["answer"].as_str().unwrap().is_empty());
@@ -992,37 +924,37 @@ async fn rest_chat_is_seed_compatible_and_continues_a_conversation() {
         (first["answer"].as_str().unwrap(), "complete")
     );
 
-    let response = post(
-        &app,
-        &tokens.access,
-        "/api/chat/",
-        json!({"message":"And how long does shipping take?","conversation_id": conversation_id}),
-    )
-    .await;
+    let body =
+        json!({"message":"And how long does shipping take?","conversation_id": conversation_id});
+    let response = app
+        .post_json_authed("/api/chat/", &tokens.access, &body)
+        .await;
     let second: Value = response.json().await.unwrap();
     assert_eq!(second["conversation_id"], conversation_id.as_str());
 
-    let response = post(&app, &tokens.access, "/api/chat/", json!({"message": ""})).await;
+    let response = app
+        .post_json_authed("/api/chat/", &tokens.access, &json!({"message": ""}))
+        .await;
     assert_eq!(response.status(), 422);
-    let response = post(
-        &app,
-        &tokens.access,
-        "/api/chat/",
-        json!({"text": "wrong field"}),
-    )
-    .await;
+    let response = app
+        .post_json_authed(
+            "/api/chat/",
+            &tokens.access,
+            &json!({"text": "wrong field"}),
+        )
+        .await;
     assert_eq!(response.status(), 422);
 
     // The conversation holds both exchanges, newest first.
-    let messages: Value = get(
-        &app,
-        &tokens.access,
-        &format!("/api/conversations/{conversation_id}/messages"),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let messages: Value = app
+        .get_authed(
+            &format!("/api/conversations/{conversation_id}/messages"),
+            &tokens.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     let items = messages["items"].as_array().unwrap();
     assert_eq!(items.len(), 4);
     assert_eq!(items[0]["role"], "assistant");
@@ -1030,7 +962,8 @@ async fn rest_chat_is_seed_compatible_and_continues_a_conversation() {
     assert_eq!(items[1]["content"], "And how long does shipping take?");
     assert_eq!(items[3]["content"], "How long do refunds take?");
 
-    let conversations: Value = get(&app, &tokens.access, "/api/conversations/")
+    let conversations: Value = app
+        .get_authed("/api/conversations/", &tokens.access)
         .await
         .json()
         .await
@@ -1043,7 +976,8 @@ async fn rest_chat_is_seed_compatible_and_continues_a_conversation() {
     assert_eq!(conversations["items"][0]["message_count"], 4);
 
     // History: newest first, keyset pages.
-    let page: Value = get(&app, &tokens.access, "/api/chat-history/?limit=1")
+    let page: Value = app
+        .get_authed("/api/chat-history/?limit=1", &tokens.access)
         .await
         .json()
         .await
@@ -1062,44 +996,38 @@ async fn rest_chat_is_seed_compatible_and_continues_a_conversation() {
         .as_str()
         .expect("a next page")
         .to_owned();
-    let page: Value = get(
-        &app,
-        &tokens.access,
-        &format!("/api/chat-history/?limit=1&before={cursor}"),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let page: Value = app
+        .get_authed(
+            &format!("/api/chat-history/?limit=1&before={cursor}"),
+            &tokens.access,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["items"][0]["question"], "How long do refunds take?");
     assert!(
         page["items"][0]["asked_at"].is_string() && page["items"][0]["answered_at"].is_string()
     );
     let cursor = page["next_before"].as_str().unwrap().to_owned();
-    let page: Value = get(
-        &app,
-        &tokens.access,
-        &format!("/api/chat-history/?limit=1&before={cursor}"),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    assert!(page["items"].as_array().unwrap().is_empty());
-    assert!(page["next_before"].is_null());
-    let response = get(&app, &tokens.access, "/api/chat-history/?before=garbage").await;
-    assert_eq!(response.status(), 400);
-
-    // The routes are documented.
-    let openapi: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
+    let page: Value = app
+        .get_authed(
+            &format!("/api/chat-history/?limit=1&before={cursor}"),
+            &tokens.access,
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
+    assert!(page["items"].as_array().unwrap().is_empty());
+    assert!(page["next_before"].is_null());
+    let response = app
+        .get_authed("/api/chat-history/?before=garbage", &tokens.access)
+        .await;
+    assert_eq!(response.status(), 400);
+
+    // The routes are documented.
+    let openapi: Value = app.get("/openapi.json").await.json().await.unwrap();
     for path in [
         "/api/chat/",
         "/api/chat/stream",
@@ -1117,13 +1045,13 @@ async fn sse_streams_the_same_answer_and_ends_with_done() {
 
     let app = spawn_app().await;
     let tokens = app.user_tokens("alice").await;
-    let response = post(
-        &app,
-        &tokens.access,
-        "/api/chat/stream",
-        json!({"message":"How long do refunds take?"}),
-    )
-    .await;
+    let response = app
+        .post_json_authed(
+            "/api/chat/stream",
+            &tokens.access,
+            &json!({"message":"How long do refunds take?"}),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-accel-buffering"], "no");
     assert!(
@@ -1178,37 +1106,48 @@ async fn another_users_history_is_invisible_on_every_route() {
     let conversation_id = answer.done["conversation_id"].as_str().unwrap().to_owned();
 
     for path in ["/api/chat-history/", "/api/conversations/"] {
-        let page: Value = get(&app, &bob.access, path).await.json().await.unwrap();
+        let page: Value = app
+            .get_authed(path, &bob.access)
+            .await
+            .json()
+            .await
+            .unwrap();
         assert!(
             page["items"].as_array().unwrap().is_empty(),
             "{path}: {page}"
         );
-        let page: Value = get(&app, &alice.access, path).await.json().await.unwrap();
+        let page: Value = app
+            .get_authed(path, &alice.access)
+            .await
+            .json()
+            .await
+            .unwrap();
         assert_eq!(page["items"].as_array().unwrap().len(), 1, "{path}: {page}");
     }
     let messages = format!("/api/conversations/{conversation_id}/messages");
-    let response = get(&app, &bob.access, &messages).await;
+    let response = app.get_authed(&messages, &bob.access).await;
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
     assert!(!body.to_string().contains("refunds"));
     let response = app
-        .client
-        .delete(app.url(&format!("/api/conversations/{conversation_id}")))
-        .bearer_auth(&bob.access)
-        .send()
-        .await
-        .unwrap();
+        .delete_authed(
+            &format!("/api/conversations/{conversation_id}"),
+            &bob.access,
+        )
+        .await;
     assert_eq!(response.status(), 404);
-    let response = post(
-        &app,
-        &bob.access,
-        "/api/chat/",
-        json!({"message":"sneaky","conversation_id": conversation_id}),
-    )
-    .await;
+    let response = app
+        .post_json_authed(
+            "/api/chat/",
+            &bob.access,
+            &json!({"message":"sneaky","conversation_id": conversation_id}),
+        )
+        .await;
     assert_eq!(response.status(), 404);
-    let response = get(&app, &bob.access, "/api/conversations/not-a-uuid/messages").await;
+    let response = app
+        .get_authed("/api/conversations/not-a-uuid/messages", &bob.access)
+        .await;
     assert_eq!(response.status(), 404);
 
     // On the socket: bob can neither add to, resume nor cancel alice's answers.
@@ -1228,28 +1167,22 @@ async fn another_users_history_is_invisible_on_every_route() {
     expect_error(&mut bob_ws, "not_found").await;
     send(&mut bob_ws, json!({"type":"cancel","id":"shared-id"})).await;
     expect_error(&mut bob_ws, "not_found").await;
-    let count: i64 = app
-        .db()
-        .await
-        .query_one("SELECT count(*) FROM messages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = app.count("SELECT count(*) FROM messages").await;
     assert_eq!(count, 2, "bob's refused question was not stored");
 
     // Alice still sees and can delete her conversation.
-    let response = get(&app, &alice.access, &messages).await;
+    let response = app.get_authed(&messages, &alice.access).await;
     assert_eq!(response.status(), 200);
     let response = app
-        .client
-        .delete(app.url(&format!("/api/conversations/{conversation_id}")))
-        .bearer_auth(&alice.access)
-        .send()
-        .await
-        .unwrap();
+        .delete_authed(
+            &format!("/api/conversations/{conversation_id}"),
+            &alice.access,
+        )
+        .await;
     assert_eq!(response.status(), 204);
-    assert_eq!(get(&app, &alice.access, &messages).await.status(), 404);
-    let page: Value = get(&app, &alice.access, "/api/chat-history/")
+    assert_eq!(app.get_authed(&messages, &alice.access).await.status(), 404);
+    let page: Value = app
+        .get_authed("/api/chat-history/", &alice.access)
         .await
         .json()
         .await
@@ -1265,7 +1198,7 @@ async fn shutdown_closes_sockets_but_lets_answers_finish_and_be_stored() {
     ask(&mut ws, "a1", "tell me slowly about refunds").await;
     let mut conversation_id = None;
     loop {
-        let frame = next_json(&mut ws).await;
+        let frame = next_frame(&mut ws).await;
         if frame["type"] == "sources" {
             conversation_id = frame["conversation_id"].as_str().map(str::to_owned);
         }

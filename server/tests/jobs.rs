@@ -351,13 +351,8 @@ async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
 }
 
 async fn ask(app: &TestApp, access: &str, message: &str) -> reqwest::StatusCode {
-    app.client
-        .post(app.url("/api/chat/"))
-        .bearer_auth(access)
-        .json(&json!({ "message": message }))
-        .send()
+    app.post_json_authed("/api/chat/", access, &json!({ "message": message }))
         .await
-        .unwrap()
         .status()
 }
 

@@ -11,12 +11,12 @@ use futures::StreamExt;
 use protocol::chat::Usage;
 use protocol::error::ErrorCode;
 use serde_json::{Value, json};
-use server::answer::{AnswerRequest, Answerer, Chunk, Turn, collect_text};
+use server::answer::{Answerer, Chunk, Turn, collect_text};
 use server::llm::{
     ChatModel, ContextBlock, Prompt, ProviderErrorKind, REFUSAL, SYSTEM_INSTRUCTION,
 };
 use server::rag::embed::EmbedKind;
-use support_rag::{FakeProvider, Reply, TestDb, config, fixture_kb, split_bytes};
+use support_rag::{FakeProvider, Reply, TestDb, config, fixture_kb, split_bytes, standalone};
 
 const DIM: usize = 768;
 
@@ -402,10 +402,7 @@ async fn gemini_answer_pipeline_end_to_end_with_blocked_prompt_and_paid_nothing_
         then_break: false,
     });
     let prepared = answerer
-        .prepare(AnswerRequest {
-            question: "How long do refunds take?".into(),
-            history: vec![],
-        })
+        .prepare(standalone("How long do refunds take?"))
         .await
         .unwrap();
     assert_eq!(prepared.sources[0].document, "returns.md");
@@ -429,10 +426,7 @@ async fn gemini_answer_pipeline_end_to_end_with_blocked_prompt_and_paid_nothing_
 
     // Nothing relevant: the refusal, and no model call is paid for.
     let prepared = answerer
-        .prepare(AnswerRequest {
-            question: "What is the capital of Australia?".into(),
-            history: vec![],
-        })
+        .prepare(standalone("What is the capital of Australia?"))
         .await
         .unwrap();
     assert!(prepared.sources.is_empty());
@@ -457,10 +451,7 @@ async fn gemini_answer_pipeline_end_to_end_with_blocked_prompt_and_paid_nothing_
         then_break: false,
     });
     let err = answerer
-        .prepare(AnswerRequest {
-            question: "Tell me about refunds, rudely".into(),
-            history: vec![],
-        })
+        .prepare(standalone("Tell me about refunds, rudely"))
         .await
         .err()
         .expect("blocked");
@@ -657,10 +648,7 @@ async fn openai_embeddings_and_answers_run_the_whole_pipeline() {
         then_break: false,
     });
     let prepared = answerer
-        .prepare(AnswerRequest {
-            question: "Can I still get a refund after two weeks?".into(),
-            history: vec![],
-        })
+        .prepare(standalone("Can I still get a refund after two weeks?"))
         .await
         .unwrap();
     assert_eq!(prepared.sources[0].document, "returns.md");

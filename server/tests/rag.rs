@@ -9,7 +9,7 @@ use protocol::error::ErrorCode;
 use server::answer::{AnswerRequest, Answerer, Turn, collect_text};
 use server::llm::REFUSAL;
 use server::rag::{Rag, RagError};
-use support_rag::{TestDb, config, copy_dir, fixture_kb};
+use support_rag::{TestDb, config, copy_dir, fixture_kb, standalone};
 
 #[tokio::test]
 async fn offline_answers_come_from_the_knowledge_base_with_sources() {
@@ -18,10 +18,7 @@ async fn offline_answers_come_from_the_knowledge_base_with_sources() {
     let answerer = Answerer::start(&config, db.pool.clone()).await.unwrap();
 
     let prepared = answerer
-        .prepare(AnswerRequest {
-            question: "How long does it take to get my refund?".into(),
-            history: vec![],
-        })
+        .prepare(standalone("How long does it take to get my refund?"))
         .await
         .unwrap();
     assert!(!prepared.sources.is_empty());
@@ -48,10 +45,7 @@ async fn offline_answers_come_from_the_knowledge_base_with_sources() {
 
     // A .txt file without headings is searchable too.
     let prepared = answerer
-        .prepare(AnswerRequest {
-            question: "Do gift vouchers expire?".into(),
-            history: vec![],
-        })
+        .prepare(standalone("Do gift vouchers expire?"))
         .await
         .unwrap();
     assert_eq!(prepared.sources[0].document, "gift-cards.txt");
@@ -69,13 +63,7 @@ async fn off_topic_questions_are_refused_without_sources() {
         "Who won the football World Cup in 2018?",
         "Give me a lasagne recipe.",
     ] {
-        let prepared = answerer
-            .prepare(AnswerRequest {
-                question: question.into(),
-                history: vec![],
-            })
-            .await
-            .unwrap();
+        let prepared = answerer.prepare(standalone(question)).await.unwrap();
         assert!(
             prepared.sources.is_empty(),
             "{question}: {:?}",
@@ -97,10 +85,7 @@ async fn a_follow_up_is_read_with_the_previous_question() {
         answer: "Standard shipping takes 2 to 4 business days.".into(),
     }];
     let alone = answerer
-        .retrieve(&AnswerRequest {
-            question: "and what does it cost?".into(),
-            history: vec![],
-        })
+        .retrieve(&standalone("and what does it cost?"))
         .await
         .unwrap();
     let with_history = answerer
@@ -269,10 +254,7 @@ async fn rag_min_similarity_overrides_the_model_threshold() {
     let answerer = Answerer::start(&strict, db.pool.clone()).await.unwrap();
     assert_eq!(answerer.rag().relevance_threshold(), 0.99);
     let prepared = answerer
-        .prepare(AnswerRequest {
-            question: "How long does it take to get my refund?".into(),
-            history: vec![],
-        })
+        .prepare(standalone("How long does it take to get my refund?"))
         .await
         .unwrap();
     assert!(prepared.sources.is_empty(), "nothing is that similar");

@@ -5,7 +5,7 @@ mod common;
 #[tokio::test]
 async fn chat_page_is_served_at_the_root() {
     let app = common::spawn_app().await;
-    let response = app.client.get(app.url("/")).send().await.unwrap();
+    let response = app.get("/").await;
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"]
         .to_str()

@@ -1,17 +1,33 @@
 //! Test harness: the real server on a random port, a fresh PostgreSQL database per test.
 //!
-//! Each test binary includes this with `mod common;`. Not every binary uses every helper.
+//! Each test binary includes this with `mod common;` (`support_rag` and the admin console's
+//! tests through `#[path]`). Not every binary uses every helper.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Once;
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use protocol::auth::TokenPair;
+use reqwest::{Method, RequestBuilder};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use server::config::Config;
 use server::startup::Application;
 use server::state::AppState;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A client websocket to the test server.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long socket reads wait for the next frame before the test fails.
+pub const FRAME_WAIT: Duration = Duration::from_secs(20);
 
 /// The server where test databases are created: `TEST_DATABASE_URL`, else `DATABASE_URL`,
 /// else the local default.
@@ -35,6 +51,22 @@ pub async fn fresh_database() -> String {
     let mut config: tokio_postgres::Config = admin_url.parse().expect("valid admin URL");
     config.dbname(&name);
     url_of(&config)
+}
+
+/// Drops a database made by [`fresh_database`], with any connections still open to it.
+/// Best effort: a test that already passed does not fail over its cleanup.
+pub async fn drop_database(url: &str) {
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return;
+    };
+    let Some(name) = config.get_dbname() else {
+        return;
+    };
+    if let Ok(client) = server::db::connect(&admin_database_url()).await {
+        let _ = client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    }
 }
 
 fn url_of(config: &tokio_postgres::Config) -> String {
@@ -156,13 +188,88 @@ impl TestApp {
             .expect("test db connection")
     }
 
-    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+    /// `method path` with `token` as the bearer, to be finished and sent by [`send`].
+    fn authed(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
         self.client
-            .post(self.url(path))
-            .json(body)
-            .send()
+            .request(method, self.url(path))
+            .bearer_auth(token)
+    }
+
+    /// `GET path` without credentials.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        send(self.client.get(self.url(path))).await
+    }
+
+    /// `GET path` with `token` as the bearer.
+    pub async fn get_authed(&self, path: &str, token: &str) -> reqwest::Response {
+        send(self.authed(Method::GET, path, token)).await
+    }
+
+    /// `GET path` with `token` as the bearer; asserts 200 and parses the JSON body.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str, token: &str) -> T {
+        let response = self.get_authed(path, token).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.expect("a JSON body")
+    }
+
+    /// `POST path` with no body and `token` as the bearer.
+    pub async fn post_authed(&self, path: &str, token: &str) -> reqwest::Response {
+        send(self.authed(Method::POST, path, token)).await
+    }
+
+    /// `POST path` with a JSON body and `token` as the bearer.
+    pub async fn post_json_authed(
+        &self,
+        path: &str,
+        token: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        send(self.authed(Method::POST, path, token).json(body)).await
+    }
+
+    /// `DELETE path` with `token` as the bearer.
+    pub async fn delete_authed(&self, path: &str, token: &str) -> reqwest::Response {
+        send(self.authed(Method::DELETE, path, token)).await
+    }
+
+    /// The single `count(*)`-style number `sql` selects, straight from the database.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.db()
             .await
-            .expect("request sent")
+            .query_one(sql, &[])
+            .await
+            .expect("count query")
+            .get(0)
+    }
+
+    /// Opens a websocket to `path`, with `token` (if any) in the `Authorization` header.
+    pub async fn try_ws_connect(&self, path: &str, token: Option<&str>) -> Result<Ws, WsError> {
+        let mut request = self.ws_url(path).into_client_request().expect("ws request");
+        if let Some(token) = token {
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header value"),
+            );
+        }
+        tokio_tungstenite::connect_async(request)
+            .await
+            .map(|(ws, _)| ws)
+    }
+
+    /// Opens a websocket to `path` authenticated by the `Authorization` header.
+    pub async fn ws_connect_path(&self, path: &str, token: &str) -> Ws {
+        self.try_ws_connect(path, Some(token))
+            .await
+            .expect("socket connects")
+    }
+
+    /// Opens the chat socket authenticated by the `Authorization` header.
+    pub async fn ws_connect(&self, token: &str) -> Ws {
+        self.ws_connect_path("/ws/chat", token).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        send(self.client.post(self.url(path)).json(body)).await
     }
 
     pub async fn signup(&self, username: &str, email: &str, password: &str) -> reqwest::Response {
@@ -188,6 +295,11 @@ impl TestApp {
             .signup(username, &format!("{username}@example.com"), password)
             .await;
         assert_eq!(response.status(), 201, "signup of {username}");
+        self.login_tokens(username, password).await
+    }
+
+    /// Logs `username` in; asserts 200 and returns the token pair.
+    pub async fn login_tokens(&self, username: &str, password: &str) -> TokenPair {
         let response = self.login(username, password).await;
         assert_eq!(response.status(), 200, "login of {username}");
         response.json().await.expect("token pair")
@@ -197,5 +309,45 @@ impl TestApp {
     pub async fn stop(self) {
         self.state.shutdown.cancel();
         let _ = self.server.await;
+    }
+}
+
+/// Sends a test request; failing to reach the server at all fails the test.
+async fn send(request: RequestBuilder) -> reqwest::Response {
+    request.send().await.expect("request sent")
+}
+
+/// What a socket read gave: a JSON text frame, or the end of the socket.
+#[derive(Debug)]
+pub enum Incoming {
+    Json(Value),
+    Closed(Option<CloseFrame>),
+}
+
+/// The next text frame as JSON, or the close; other frames are skipped. Fails the test when
+/// nothing comes within [`FRAME_WAIT`].
+pub async fn next_incoming(ws: &mut Ws) -> Incoming {
+    let deadline = Instant::now() + FRAME_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(Message::Text(text))) => {
+                return Incoming::Json(serde_json::from_str(&text).expect("a JSON frame"));
+            }
+            Some(Ok(Message::Close(frame))) => return Incoming::Closed(frame),
+            Some(Ok(_)) => continue,
+            None | Some(Err(_)) => return Incoming::Closed(None),
+        }
+    }
+}
+
+/// The next text frame as JSON; fails the test when the socket closes instead.
+pub async fn next_frame(ws: &mut Ws) -> Value {
+    match next_incoming(ws).await {
+        Incoming::Json(value) => value,
+        Incoming::Closed(frame) => panic!("socket closed: {frame:?}"),
     }
 }

@@ -14,60 +14,46 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::StreamExt;
+use server::answer::AnswerRequest;
 use server::config::Config;
 
-pub fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+/// The shared harness: one way to make (and drop) a fresh test database.
+#[path = "../common/mod.rs"]
+mod common;
 
 pub fn fixture_kb() -> PathBuf {
-    manifest_dir().join("tests/fixtures/kb")
+    common::fixture("kb")
 }
 
 pub fn model_dir() -> PathBuf {
-    manifest_dir().join("../models/all-MiniLM-L6-v2")
+    common::workspace_dir().join("models/all-MiniLM-L6-v2")
 }
 
 /// A database of its own, migrated; dropped by [`TestDb::drop_db`].
 pub struct TestDb {
     pub url: String,
-    pub name: String,
     pub pool: deadpool_postgres::Pool,
-}
-
-fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".to_owned())
 }
 
 impl TestDb {
     pub async fn new() -> Self {
-        let admin = admin_url();
-        let name = format!("rag_test_{}", uuid::Uuid::new_v4().simple());
-        let client = server::db::connect(&admin)
-            .await
-            .expect("PostgreSQL reachable");
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        let (base, _) = admin.rsplit_once('/').expect("URL with a database");
-        let url = format!("{base}/{name}");
+        let url = common::fresh_database().await;
         server::db::migrate(&url).await.expect("migrations");
         let pool = server::db::pool(&url, 4).expect("pool");
-        Self { url, name, pool }
+        Self { url, pool }
     }
 
     pub async fn drop_db(self) {
         self.pool.close();
-        if let Ok(client) = server::db::connect(&admin_url()).await {
-            let _ = client
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ))
-                .await;
-        }
+        common::drop_database(&self.url).await;
+    }
+}
+
+/// A request for `question` asked with no earlier turns.
+pub fn standalone(question: &str) -> AnswerRequest {
+    AnswerRequest {
+        question: question.into(),
+        history: vec![],
     }
 }
 
