@@ -1,17 +1,15 @@
 //! Gemini (Generative Language API v1beta): `models/{model}:streamGenerateContent?alt=sse`.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::stream::{self, BoxStream, StreamExt};
 use protocol::chat::Usage;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::http;
+use super::sse::{self, Chunks, SseData, StreamEvent};
 use super::{ChatModel, ChatStream, Prompt, ProviderError};
-use crate::answer::Chunk;
 use crate::config::Secret;
 
 const PROVIDER: &str = "gemini";
@@ -75,7 +73,7 @@ impl GeminiChat {
             .header("x-goog-api-key", self.options.api_key.expose())
             .json(body);
         let response = http::send_once(PROVIDER, request).await?;
-        Ok(parse_stream(http::sse_data(PROVIDER, response)))
+        Ok(parse_stream(sse::data(PROVIDER, response)))
     }
 }
 
@@ -148,128 +146,67 @@ struct UsageMetadata {
     total_token_count: u32,
 }
 
-struct ParseState {
-    events: BoxStream<'static, Result<String, ProviderError>>,
-    pending: VecDeque<Result<Chunk, ProviderError>>,
-    /// Usage counts are cumulative: the last one seen wins.
-    usage: Usage,
-    finished: bool,
-    done: bool,
-}
-
 /// Turns the SSE `data` payloads into answer chunks. The stream ends with `Finished` only when
 /// a candidate carried a normal `finishReason`; a connection that closes before that is an error.
-fn parse_stream(events: BoxStream<'static, Result<String, ProviderError>>) -> ChatStream {
-    let state = ParseState {
-        events,
-        pending: VecDeque::new(),
-        usage: Usage::default(),
-        finished: false,
-        done: false,
-    };
-    stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(item) = st.pending.pop_front() {
-                return Some((item, st));
-            }
-            if st.done {
-                return None;
-            }
-            match st.events.next().await {
-                Some(Ok(data)) => handle_event(&mut st, &data),
-                Some(Err(e)) => {
-                    st.done = true;
-                    // A connection that breaks after the finish reason lost nothing.
-                    st.pending.push_back(if st.finished {
-                        Ok(Chunk::Finished { usage: st.usage })
-                    } else {
-                        Err(e)
-                    });
-                }
-                None => {
-                    st.done = true;
-                    st.pending.push_back(if st.finished {
-                        Ok(Chunk::Finished { usage: st.usage })
-                    } else {
-                        Err(ProviderError::unavailable(
-                            "the answer stream was cut off; please ask again",
-                        ))
-                    });
-                }
-            }
-        }
-    })
-    .boxed()
+fn parse_stream(events: SseData) -> ChatStream {
+    sse::chat_stream::<StreamResponse>(events)
 }
 
-fn handle_event(st: &mut ParseState, data: &str) {
-    if data.trim().is_empty() {
-        return;
-    }
-    let response: StreamResponse = match serde_json::from_str(data) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(provider = PROVIDER, error = %e, "unparseable stream event");
-            st.done = true;
-            st.pending.push_back(Err(ProviderError::unavailable(
-                "the answer service sent an unexpected response",
-            )));
+impl StreamEvent for StreamResponse {
+    const PROVIDER: &'static str = PROVIDER;
+
+    fn read(self, out: &mut Chunks) {
+        if let Some(u) = self.usage_metadata {
+            out.usage(Usage {
+                prompt_tokens: u.prompt_token_count,
+                completion_tokens: u.candidates_token_count,
+                total_tokens: u.total_token_count,
+            });
+        }
+        // One candidate is asked for; only the first is read.
+        let Some(candidate) = self.candidates.into_iter().next() else {
+            if let Some(reason) = self.prompt_feedback.and_then(|f| f.block_reason) {
+                tracing::info!(provider = PROVIDER, reason = %reason, "prompt blocked");
+                out.fail(ProviderError::blocked(
+                    "the question was blocked by the answer service's safety filters",
+                ));
+            }
             return;
-        }
-    };
-    if let Some(u) = response.usage_metadata {
-        st.usage = Usage {
-            prompt_tokens: u.prompt_token_count,
-            completion_tokens: u.candidates_token_count,
-            total_tokens: u.total_token_count,
         };
-    }
-    if response.candidates.is_empty() {
-        if let Some(reason) = response.prompt_feedback.and_then(|f| f.block_reason) {
-            tracing::info!(provider = PROVIDER, reason = %reason, "prompt blocked");
-            st.done = true;
-            st.pending.push_back(Err(ProviderError::blocked(
-                "the question was blocked by the answer service's safety filters",
-            )));
-        }
-        return;
-    }
-    // One candidate is asked for; only the first is read.
-    let candidate = &response.candidates[0];
-    if let Some(content) = &candidate.content {
-        for part in &content.parts {
-            if let Some(text) = &part.text
+        for part in candidate.content.into_iter().flat_map(|c| c.parts) {
+            if let Some(text) = part.text
                 && !part.thought
-                && !text.is_empty()
             {
-                st.pending.push_back(Ok(Chunk::Delta(text.clone())));
+                out.delta(text);
             }
         }
-    }
-    match candidate.finish_reason.as_deref() {
-        None | Some("") | Some("FINISH_REASON_UNSPECIFIED") => {}
-        Some("STOP") => st.finished = true,
-        Some("MAX_TOKENS") => {
-            tracing::info!(provider = PROVIDER, "answer hit the output token limit");
-            st.finished = true;
-        }
-        Some(reason) => {
-            tracing::info!(
-                provider = PROVIDER,
-                reason,
-                "answer stopped by the provider"
-            );
-            st.done = true;
-            st.pending.push_back(Err(ProviderError::blocked(
-                "the answer was stopped by the answer service's safety filters",
-            )));
+        match candidate.finish_reason.as_deref() {
+            None | Some("") | Some("FINISH_REASON_UNSPECIFIED") => {}
+            Some("STOP") => out.finish(),
+            Some("MAX_TOKENS") => {
+                tracing::info!(provider = PROVIDER, "answer hit the output token limit");
+                out.finish();
+            }
+            Some(reason) => {
+                tracing::info!(
+                    provider = PROVIDER,
+                    reason,
+                    "answer stopped by the provider"
+                );
+                out.fail(ProviderError::blocked(
+                    "the answer was stopped by the answer service's safety filters",
+                ));
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use futures::stream::{self, StreamExt};
+
     use super::*;
+    use crate::answer::Chunk;
 
     async fn run(events: Vec<&str>) -> Vec<Result<Chunk, ProviderError>> {
         let events: Vec<Result<String, ProviderError>> =

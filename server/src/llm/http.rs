@@ -1,11 +1,10 @@
 //! Shared HTTP plumbing of the provider clients: timeouts, error mapping, retries before the
-//! first delta, and SSE framing.
+//! first delta.
 
 use std::future::Future;
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, StreamExt};
 use rand::Rng;
 use serde::Deserialize;
 
@@ -196,27 +195,6 @@ pub(crate) async fn send_with_retry(
         }
         tokio::time::sleep(backoff(attempt - 1, err.retry_after)).await;
     }
-}
-
-/// The `data` fields of a response's SSE events, in order. Handles events split across reads
-/// and CRLF or LF line ends (eventsource-stream follows the spec).
-pub(crate) fn sse_data(
-    provider: &'static str,
-    response: reqwest::Response,
-) -> BoxStream<'static, Result<String, ProviderError>> {
-    response
-        .bytes_stream()
-        .eventsource()
-        .map(move |event| match event {
-            Ok(event) => Ok(event.data),
-            Err(eventsource_stream::EventStreamError::Transport(e)) => {
-                Err(transport_error(provider, &e))
-            }
-            Err(_) => Err(ProviderError::unavailable(
-                "the answer service sent a malformed stream",
-            )),
-        })
-        .boxed()
 }
 
 /// Opens a stream with retries *before the first delta*: an attempt that fails to connect, gets

@@ -5,12 +5,15 @@
 //! - `gemini`, `openai`: HTTP clients speaking each provider's streaming wire format (SSE).
 //! - `offline`: composes answers from the retrieved context only; no network.
 //! - `http`: the shared plumbing: client timeouts, error bodies, retry with backoff before the
-//!   first delta, SSE framing.
+//!   first delta.
+//! - `sse`: SSE framing, and the stream driver both HTTP clients share; each says only what one
+//!   event's JSON means.
 
 pub mod gemini;
 pub(crate) mod http;
 pub mod offline;
 pub mod openai;
+pub(crate) mod sse;
 
 use std::fmt;
 use std::sync::Arc;

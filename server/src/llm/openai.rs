@@ -1,18 +1,16 @@
 //! OpenAI-compatible chat completions (Ollama, vLLM, llama.cpp server): `/v1/chat/completions`
 //! with `stream: true`.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::stream::{self, BoxStream, StreamExt};
 use protocol::chat::Usage;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::http;
+use super::sse::{self, Chunks, SseData, StreamEvent};
 use super::{ChatModel, ChatStream, Prompt, ProviderError};
-use crate::answer::Chunk;
 use crate::config::Secret;
 
 const PROVIDER: &str = "openai";
@@ -66,7 +64,7 @@ impl OpenAiChat {
             request = request.bearer_auth(key.expose());
         }
         let response = http::send_once(PROVIDER, request).await?;
-        Ok(parse_stream(http::sse_data(PROVIDER, response)))
+        Ok(parse_stream(sse::data(PROVIDER, response)))
     }
 }
 
@@ -120,110 +118,47 @@ struct ApiUsage {
     total_tokens: u32,
 }
 
-struct ParseState {
-    events: BoxStream<'static, Result<String, ProviderError>>,
-    pending: VecDeque<Result<Chunk, ProviderError>>,
-    usage: Usage,
-    /// A choice carried a normal `finish_reason`; usage may still follow before `[DONE]`.
-    finished: bool,
-    done: bool,
+fn parse_stream(events: SseData) -> ChatStream {
+    sse::chat_stream::<StreamChunk>(events)
 }
 
-fn parse_stream(events: BoxStream<'static, Result<String, ProviderError>>) -> ChatStream {
-    let state = ParseState {
-        events,
-        pending: VecDeque::new(),
-        usage: Usage::default(),
-        finished: false,
-        done: false,
-    };
-    stream::unfold(state, |mut st| async move {
-        loop {
-            if let Some(item) = st.pending.pop_front() {
-                return Some((item, st));
-            }
-            if st.done {
-                return None;
-            }
-            match st.events.next().await {
-                Some(Ok(data)) if data.trim() == "[DONE]" => {
-                    st.done = true;
-                    st.pending
-                        .push_back(Ok(Chunk::Finished { usage: st.usage }));
-                }
-                Some(Ok(data)) => handle_event(&mut st, &data),
-                Some(Err(e)) => {
-                    st.done = true;
-                    // A connection that breaks after the finish reason lost nothing.
-                    st.pending.push_back(if st.finished {
-                        Ok(Chunk::Finished { usage: st.usage })
-                    } else {
-                        Err(e)
-                    });
-                }
-                None => {
-                    st.done = true;
-                    // Some servers close without `[DONE]`; a finish reason is enough.
-                    st.pending.push_back(if st.finished {
-                        Ok(Chunk::Finished { usage: st.usage })
-                    } else {
-                        Err(ProviderError::unavailable(
-                            "the answer stream was cut off; please ask again",
-                        ))
-                    });
-                }
-            }
+impl StreamEvent for StreamChunk {
+    const PROVIDER: &'static str = PROVIDER;
+    /// Ends the stream normally, with the usage seen so far.
+    const END_MARKER: Option<&'static str> = Some("[DONE]");
+
+    fn read(self, out: &mut Chunks) {
+        if let Some(u) = self.usage {
+            out.usage(Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                total_tokens: u.total_tokens,
+            });
         }
-    })
-    .boxed()
-}
-
-fn handle_event(st: &mut ParseState, data: &str) {
-    if data.trim().is_empty() {
-        return;
-    }
-    let chunk: StreamChunk = match serde_json::from_str(data) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(provider = PROVIDER, error = %e, "unparseable stream event");
-            st.done = true;
-            st.pending.push_back(Err(ProviderError::unavailable(
-                "the answer service sent an unexpected response",
-            )));
+        let Some(choice) = self.choices.into_iter().next() else {
             return;
-        }
-    };
-    if let Some(u) = chunk.usage {
-        st.usage = Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            total_tokens: u.total_tokens,
         };
-    }
-    let Some(choice) = chunk.choices.first() else {
-        return;
-    };
-    if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_ref())
-        && !text.is_empty()
-    {
-        st.pending.push_back(Ok(Chunk::Delta(text.clone())));
-    }
-    match choice.finish_reason.as_deref() {
-        None | Some("") => {}
-        Some("content_filter") => {
-            st.done = true;
-            st.pending.push_back(Err(ProviderError::blocked(
-                "the answer was stopped by the answer service's content filter",
-            )));
+        if let Some(text) = choice.delta.and_then(|d| d.content) {
+            out.delta(text);
         }
-        // `stop`, `length`, and anything else a compatible server invents end normally.
-        Some(_) => st.finished = true,
+        match choice.finish_reason.as_deref() {
+            None | Some("") => {}
+            Some("content_filter") => out.fail(ProviderError::blocked(
+                "the answer was stopped by the answer service's content filter",
+            )),
+            // `stop`, `length`, and anything else a compatible server invents end normally; usage
+            // may still follow before `[DONE]`.
+            Some(_) => out.finish(),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use futures::stream::{self, StreamExt};
+
     use super::*;
+    use crate::answer::Chunk;
 
     #[tokio::test]
     async fn reasoning_is_skipped_and_usage_arrives_after_finish() {

@@ -2,6 +2,7 @@
 //! any OpenAI-compatible `/v1/embeddings`. Every vector leaves here L2-normalised, so inner
 //! product is cosine similarity.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use futures::future::BoxFuture;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
@@ -345,6 +347,55 @@ impl Embedder for LocalEmbedder {
     }
 }
 
+// ---------------------------------------------------------------- shared by the HTTP embedders
+
+/// Embeds `texts` at most `max_batch` at a time: `embed_batch` speaks the provider's wire format
+/// for one batch and returns its vectors in input order. The count and (once known) the size of
+/// what comes back are checked here, and every vector is normalised: Gemini normalises only its
+/// 3072-d output, and OpenAI-compatible servers vary.
+async fn embed_in_batches<'a, F, Fut>(
+    texts: &'a [String],
+    max_batch: usize,
+    dimension: Option<usize>,
+    mut embed_batch: F,
+) -> Result<Vec<Vec<f32>>, ProviderError>
+where
+    F: FnMut(&'a [String]) -> Fut,
+    Fut: Future<Output = Result<Vec<Vec<f32>>, ProviderError>>,
+{
+    let mut out = Vec::with_capacity(texts.len());
+    for batch in texts.chunks(max_batch) {
+        let vectors = embed_batch(batch).await?;
+        if vectors.len() != batch.len() {
+            return Err(ProviderError::unavailable(
+                "the embedding service returned the wrong number of vectors",
+            ));
+        }
+        for mut vector in vectors {
+            if dimension.is_some_and(|d| vector.len() != d) {
+                return Err(ProviderError::unavailable(
+                    "the embedding service returned vectors of the wrong size",
+                ));
+            }
+            normalize(&mut vector);
+            out.push(vector);
+        }
+    }
+    Ok(out)
+}
+
+/// Sends a request with retries (`request` builds a fresh one per attempt) and reads its JSON.
+async fn post_json<T: DeserializeOwned>(
+    provider: &str,
+    request: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<T, ProviderError> {
+    let response = http::send_with_retry(provider, request).await?;
+    response.json().await.map_err(|e| {
+        tracing::warn!(provider, error = %e.without_url(), "bad embedding response");
+        ProviderError::unavailable("the embedding service sent an unexpected response")
+    })
+}
+
 // ---------------------------------------------------------------- Gemini
 
 pub struct GeminiEmbedder {
@@ -370,6 +421,26 @@ impl GeminiEmbedder {
             model,
             dimension,
         }
+    }
+
+    /// One `batchEmbedContents` request per text, each naming the model, task and size.
+    fn batch_body(&self, batch: &[String], kind: EmbedKind) -> serde_json::Value {
+        let task = match kind {
+            EmbedKind::Document => "RETRIEVAL_DOCUMENT",
+            EmbedKind::Query => "RETRIEVAL_QUERY",
+        };
+        let requests: Vec<_> = batch
+            .iter()
+            .map(|t| {
+                json!({
+                    "model": format!("models/{}", self.model),
+                    "content": {"parts": [{"text": t}]},
+                    "taskType": task,
+                    "outputDimensionality": self.dimension,
+                })
+            })
+            .collect();
+        json!({ "requests": requests })
     }
 }
 
@@ -407,57 +478,28 @@ impl Embedder for GeminiEmbedder {
         kind: EmbedKind,
     ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, ProviderError>> {
         Box::pin(async move {
-            let task = match kind {
-                EmbedKind::Document => "RETRIEVAL_DOCUMENT",
-                EmbedKind::Query => "RETRIEVAL_QUERY",
-            };
-            let url = format!(
+            let url = &format!(
                 "{}/v1beta/models/{}:batchEmbedContents",
                 self.base_url.trim_end_matches('/'),
                 self.model
             );
-            let mut out = Vec::with_capacity(texts.len());
-            for batch in texts.chunks(GEMINI_MAX_BATCH) {
-                let requests: Vec<_> = batch
-                    .iter()
-                    .map(|t| {
-                        json!({
-                            "model": format!("models/{}", self.model),
-                            "content": {"parts": [{"text": t}]},
-                            "taskType": task,
-                            "outputDimensionality": self.dimension,
-                        })
+            embed_in_batches(
+                texts,
+                GEMINI_MAX_BATCH,
+                Some(self.dimension),
+                |batch| async move {
+                    let body = self.batch_body(batch, kind);
+                    let parsed: GeminiBatchResponse = post_json("gemini", || {
+                        self.client
+                            .post(url)
+                            .header("x-goog-api-key", self.api_key.expose())
+                            .json(&body)
                     })
-                    .collect();
-                let body = json!({ "requests": requests });
-                let response = http::send_with_retry("gemini", || {
-                    self.client
-                        .post(&url)
-                        .header("x-goog-api-key", self.api_key.expose())
-                        .json(&body)
-                })
-                .await?;
-                let parsed: GeminiBatchResponse = response.json().await.map_err(|e| {
-                    tracing::warn!(error = %e.without_url(), "bad embedding response");
-                    ProviderError::unavailable("the embedding service sent an unexpected response")
-                })?;
-                if parsed.embeddings.len() != batch.len() {
-                    return Err(ProviderError::unavailable(
-                        "the embedding service returned the wrong number of vectors",
-                    ));
-                }
-                for mut e in parsed.embeddings {
-                    if e.values.len() != self.dimension {
-                        return Err(ProviderError::unavailable(
-                            "the embedding service returned vectors of the wrong size",
-                        ));
-                    }
-                    // Only the 3072-d output comes normalised.
-                    normalize(&mut e.values);
-                    out.push(e.values);
-                }
-            }
-            Ok(out)
+                    .await?;
+                    Ok(parsed.embeddings.into_iter().map(|e| e.values).collect())
+                },
+            )
+            .await
         })
     }
 }
@@ -487,39 +529,23 @@ struct OpenAiEmbedding {
 
 impl OpenAiEmbedder {
     async fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ProviderError> {
-        let url = format!("{}/v1/embeddings", self.base_url.trim_end_matches('/'));
-        let mut out = Vec::with_capacity(texts.len());
-        for batch in texts.chunks(OPENAI_MAX_BATCH) {
+        let url = &format!("{}/v1/embeddings", self.base_url.trim_end_matches('/'));
+        // Unknown (0) until the start-up probe has learned it.
+        let dimension = (self.dimension != 0).then_some(self.dimension);
+        embed_in_batches(texts, OPENAI_MAX_BATCH, dimension, |batch| async move {
             let body = json!({"model": self.model, "input": batch, "encoding_format": "float"});
-            let response = http::send_with_retry("openai", || {
-                let request = self.client.post(&url).json(&body);
+            let mut parsed: OpenAiEmbeddings = post_json("openai", || {
+                let request = self.client.post(url).json(&body);
                 match &self.api_key {
                     Some(key) => request.bearer_auth(key.expose()),
                     None => request,
                 }
             })
             .await?;
-            let mut parsed: OpenAiEmbeddings = response.json().await.map_err(|e| {
-                tracing::warn!(error = %e.without_url(), "bad embedding response");
-                ProviderError::unavailable("the embedding service sent an unexpected response")
-            })?;
-            if parsed.data.len() != batch.len() {
-                return Err(ProviderError::unavailable(
-                    "the embedding service returned the wrong number of vectors",
-                ));
-            }
             parsed.data.sort_by_key(|d| d.index);
-            for mut d in parsed.data {
-                if self.dimension != 0 && d.embedding.len() != self.dimension {
-                    return Err(ProviderError::unavailable(
-                        "the embedding service returned vectors of the wrong size",
-                    ));
-                }
-                normalize(&mut d.embedding);
-                out.push(d.embedding);
-            }
-        }
-        Ok(out)
+            Ok(parsed.data.into_iter().map(|d| d.embedding).collect())
+        })
+        .await
     }
 }
 
