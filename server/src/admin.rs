@@ -13,6 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::AdminUser;
+use crate::cluster;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
 use crate::jobs::cleanup;
@@ -40,11 +41,14 @@ impl From<RagError> for ApiError {
     }
 }
 
-/// Live chat sessions on this instance, oldest first.
+/// Live chat sessions on every instance, oldest first.
 #[utoipa::path(get, path = "/api/admin/sessions", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = Vec<SessionInfo>), (status = 403, body = ErrorBody)))]
-async fn sessions(_admin: AdminUser, State(state): State<AppState>) -> Json<Vec<SessionInfo>> {
-    Json(state.sessions.list())
+async fn sessions(
+    _admin: AdminUser,
+    State(state): State<AppState>,
+) -> ApiResult<Json<Vec<SessionInfo>>> {
+    Ok(Json(cluster::all_sessions(&state).await?))
 }
 
 /// What the loaded knowledge base holds.
@@ -54,7 +58,8 @@ async fn kb_info(_admin: AdminUser, State(state): State<AppState>) -> Json<KbInf
     Json(state.answerer.rag().info())
 }
 
-/// Reloads the knowledge base from disk; questions in flight keep the old index.
+/// Reloads the knowledge base from disk; questions in flight keep the old index. The other
+/// instances are told to reload theirs.
 #[utoipa::path(post, path = "/api/admin/kb/reload", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = KbInfo), (status = 409, body = ErrorBody),
               (status = 403, body = ErrorBody)))]
@@ -65,6 +70,7 @@ async fn kb_reload(admin: AdminUser, State(state): State<AppState>) -> ApiResult
         .sessions
         .event_sender()
         .send(AdminEvent::KbReloaded { kb: kb.clone() });
+    state.cluster.publish_kb_changed().await;
     Ok(Json(kb))
 }
 
@@ -110,7 +116,7 @@ async fn cleanup_runs(
     ))
 }
 
-/// Counts across the service (database-wide) and this instance's live sessions.
+/// Counts across the service (database-wide) and the live sessions of every instance.
 #[utoipa::path(get, path = "/api/admin/stats", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = Stats), (status = 403, body = ErrorBody)))]
 async fn stats(_admin: AdminUser, State(state): State<AppState>) -> ApiResult<Json<Stats>> {
@@ -124,19 +130,22 @@ async fn stats(_admin: AdminUser, State(state): State<AppState>) -> ApiResult<Js
         )
         .await?;
     let row = client.query_one(&stmt, &[]).await?;
+    drop(client);
+    let live = cluster::all_sessions(&state).await?;
     Ok(Json(Stats {
         users: row.get(0),
         conversations: row.get(1),
         messages: row.get(2),
-        live_sessions: state.sessions.len(),
-        answering_now: state.sessions.answering_now(),
+        live_sessions: live.len(),
+        answering_now: live.iter().map(|s| s.answering).sum(),
         outbox_pending: row.get(3),
         outbox_failed: row.get(4),
     }))
 }
 
-/// `GET /api/admin/events`: a snapshot of the live sessions, then every admin event as it
-/// happens. A subscriber too slow to keep up gets a fresh snapshot instead of a gap.
+/// `GET /api/admin/events`: a snapshot of the live sessions of every instance, then every admin
+/// event as it happens (other instances' arrive through the cluster listener on the same
+/// channel). A subscriber too slow to keep up gets a fresh snapshot instead of a gap.
 async fn events(
     _admin: AdminUser,
     State(state): State<AppState>,
@@ -146,7 +155,10 @@ async fn events(
 }
 
 async fn stream_events(mut socket: WebSocket, state: AppState) {
-    let (snapshot, mut events) = state.sessions.subscribe();
+    // Subscribed before the other instances' sessions are read, so none of their changes falls
+    // in between (one may arrive twice: consoles apply events as upserts and removals).
+    let (local, mut events) = state.sessions.subscribe();
+    let snapshot = merged_snapshot(&state, local).await;
     if send_event(&mut socket, &AdminEvent::Snapshot { sessions: snapshot })
         .await
         .is_err()
@@ -167,13 +179,27 @@ async fn stream_events(mut socket: WebSocket, state: AppState) {
             event = events.recv() => {
                 let event = match event {
                     Ok(event) => event,
-                    Err(RecvError::Lagged(_)) => AdminEvent::Snapshot { sessions: state.sessions.list() },
+                    Err(RecvError::Lagged(_)) => AdminEvent::Snapshot {
+                        sessions: merged_snapshot(&state, state.sessions.list()).await,
+                    },
                     Err(RecvError::Closed) => return,
                 };
                 if send_event(&mut socket, &event).await.is_err() {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// `local` plus the other instances' sessions; only `local` if the table cannot be read, so the
+/// console still works for this instance.
+async fn merged_snapshot(state: &AppState, local: Vec<SessionInfo>) -> Vec<SessionInfo> {
+    match state.cluster.remote_sessions().await {
+        Ok(remote) => cluster::merge(local, remote),
+        Err(e) => {
+            tracing::warn!(error = %e, "admin events: other instances' sessions unavailable");
+            local
         }
     }
 }

@@ -14,12 +14,14 @@
 //! - [`chat`]: the chat WebSocket, REST chat, history and conversations, live sessions.
 //! - [`admin`]: the admin API and its live event socket.
 //! - [`jobs`]: the scheduled history cleanup and the welcome-mail outbox.
+//! - [`cluster`]: what instances share through PostgreSQL: live sessions, LISTEN/NOTIFY events.
 //! - [`telemetry`]: logging and metrics.
 
 pub mod admin;
 pub mod answer;
 pub mod auth;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;

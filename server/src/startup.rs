@@ -35,17 +35,28 @@ impl Application {
 
         let answerer = Arc::new(crate::answer::Answerer::start(&config, db.clone()).await?);
 
+        // The registry records session changes; the cluster writer puts them in the shared table.
+        let changes = Arc::new(crate::cluster::SessionChanges::default());
+        let cluster = Arc::new(crate::cluster::Cluster::new(
+            db.clone(),
+            crate::cluster::ClusterSettings::from_config(&config),
+            Arc::clone(&changes),
+        ));
         let state = AppState {
             config: Arc::new(config),
             db,
             tokens,
             answerer,
-            sessions: Arc::new(crate::chat::sessions::SessionRegistry::default()),
+            sessions: Arc::new(crate::chat::sessions::SessionRegistry::with_changes(
+                changes,
+            )),
+            cluster,
             metrics: crate::telemetry::metrics_handle(),
             shutdown,
             tasks,
         };
         crate::jobs::start(&state).await?;
+        state.tasks.spawn(crate::cluster::run(state.clone()));
 
         let listener = TcpListener::bind(state.config.bind_addr)
             .await

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::answer::Answerer;
 use crate::auth::TokenService;
 use crate::chat::sessions::SessionRegistry;
+use crate::cluster::Cluster;
 use crate::config::Config;
 
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct AppState {
     pub answerer: Arc<Answerer>,
     /// Live chat sockets, for the admin view and the per-user limits.
     pub sessions: Arc<SessionRegistry>,
+    /// This instance's id and its view of the other instances (shared live sessions, events).
+    pub cluster: Arc<Cluster>,
     pub metrics: PrometheusHandle,
     /// Cancelled on SIGTERM: sockets close, workers stop taking new work.
     pub shutdown: CancellationToken,

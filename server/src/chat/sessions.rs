@@ -1,9 +1,10 @@
 //! Live chat sessions, per-user ask limits and the per-user resume buffers of recent answers.
 //!
-//! All of this is in memory, per server instance: a user's sockets on another instance are not
-//! listed here, and the asks-per-minute limit is counted per instance (with N instances behind a
-//! load balancer a user can ask up to N times the limit). Both are accepted trade-offs for now;
-//! the admin view across instances would come through PostgreSQL LISTEN/NOTIFY.
+//! The sessions and limits here are this instance's, in memory. Every session change is also
+//! recorded for the cluster writer ([`crate::cluster`]), which shares it with the other
+//! instances through PostgreSQL (the `live_sessions` table and NOTIFY), so the admin view spans
+//! all instances. The asks-per-minute limit is still counted per instance (with N instances
+//! behind a load balancer a user can ask up to N times the limit): an accepted trade-off.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +16,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::pipeline::AnswerLog;
+use crate::cluster::SessionChanges;
 
 /// How long a finished answer stays resumable.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(60);
@@ -52,6 +54,9 @@ pub struct SessionRegistry {
     /// Recent answers per user, by the client's ask id, for `resume` and `cancel`, and when
     /// the map was last swept of expired answers.
     answers: Mutex<(HashMap<Uuid, Vec<Resumable>>, Instant)>,
+    /// Where session changes are recorded for the other instances (none in unit tests).
+    /// Recorded while holding `sessions`, so the changes of one session stay in order.
+    changes: Option<Arc<SessionChanges>>,
 }
 
 impl Default for SessionRegistry {
@@ -61,19 +66,29 @@ impl Default for SessionRegistry {
             events: broadcast::channel(EVENT_CAPACITY).0,
             asks: Mutex::new((HashMap::new(), Instant::now())),
             answers: Mutex::new((HashMap::new(), Instant::now())),
+            changes: None,
         }
     }
 }
 
 impl SessionRegistry {
-    /// Every live session, oldest first.
+    /// A registry that also records every session change in `changes`, for the cluster writer.
+    pub fn with_changes(changes: Arc<SessionChanges>) -> Self {
+        Self {
+            changes: Some(changes),
+            ..Self::default()
+        }
+    }
+
+    /// Every live session of this instance, oldest first (all instances:
+    /// [`crate::cluster::all_sessions`]).
     pub fn list(&self) -> Vec<SessionInfo> {
         let mut sessions: Vec<SessionInfo> = lock(&self.sessions).values().cloned().collect();
         sessions.sort_by_key(|s| s.connected_at);
         sessions
     }
 
-    /// Number of live sessions.
+    /// Number of live sessions on this instance.
     pub fn len(&self) -> usize {
         lock(&self.sessions).len()
     }
@@ -82,7 +97,7 @@ impl SessionRegistry {
         self.len() == 0
     }
 
-    /// Answers being generated right now for live sessions.
+    /// Answers being generated right now for live sessions of this instance.
     pub fn answering_now(&self) -> u32 {
         lock(&self.sessions).values().map(|s| s.answering).sum()
     }
@@ -123,6 +138,9 @@ impl SessionRegistry {
         };
         let session_id = info.session_id;
         let mut sessions = lock(&self.sessions);
+        if let Some(changes) = &self.changes {
+            changes.opened(&info);
+        }
         sessions.insert(session_id, info.clone());
         let _ = self
             .events
@@ -139,6 +157,9 @@ impl SessionRegistry {
         let mut sessions = lock(&self.sessions);
         if let Some(info) = sessions.get_mut(&session_id) {
             change(info);
+            if let Some(changes) = &self.changes {
+                changes.updated(info);
+            }
             let _ = self.events.send(AdminEvent::SessionUpdated {
                 session: info.clone(),
             });
@@ -161,6 +182,9 @@ impl SessionRegistry {
     fn close(&self, session_id: Uuid) {
         let mut sessions = lock(&self.sessions);
         if sessions.remove(&session_id).is_some() {
+            if let Some(changes) = &self.changes {
+                changes.closed(session_id);
+            }
             let _ = self.events.send(AdminEvent::SessionClosed { session_id });
             metrics::gauge!("chat_sessions").decrement(1.0);
         }
