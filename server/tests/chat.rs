@@ -376,6 +376,7 @@ async fn first_frame_auth_works_and_bad_credentials_are_refused() {
 async fn an_expired_token_closes_with_4001_and_renewal_keeps_the_socket() {
     let app = spawn_app_with(|c| c.access_token_ttl_secs = 4).await;
     let tokens = app.user_tokens("alice").await;
+    let user_id = app.state.tokens.verify_access(&tokens.access).unwrap().id;
 
     let started = Instant::now();
     let mut ws = connect_ready(&app, &tokens.access).await;
@@ -394,13 +395,14 @@ async fn an_expired_token_closes_with_4001_and_renewal_keeps_the_socket() {
             .issue_access(id, "alice", protocol::auth::Role::User)
             .unwrap()
     };
+    // The login token has just expired (that is what closed the first socket): the second
+    // socket authenticates with a fresh one.
     let started = Instant::now();
     let mut ws = app.try_ws_connect("/ws/chat", None).await.unwrap();
-    send(&mut ws, json!({"type":"auth","token": tokens.access})).await;
+    send(&mut ws, json!({"type":"auth","token": mint(&app, user_id)})).await;
     let ready = next_frame(&mut ws).await;
-    let user_id: uuid::Uuid = ready["user"]["id"].as_str().unwrap().parse().unwrap();
-    let first = mint(&app, user_id);
-    send(&mut ws, json!({"type":"auth","token": first})).await;
+    assert_eq!(ready["type"], "ready", "{ready}");
+    assert_eq!(ready["user"]["id"], user_id.to_string());
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Renewed at +2 s: expires 5 to 6 s from the start.
     send(&mut ws, json!({"type":"auth","token": mint(&app, user_id)})).await;
