@@ -1,6 +1,6 @@
 # One command runs the service, one runs the tests; both set the machine up first
 # (system packages, embedding model, PostgreSQL) through scripts/setup.sh.
-.PHONY: run test lint eval
+.PHONY: run test lint eval bench
 
 run:
 	scripts/run.sh
@@ -14,3 +14,6 @@ lint:
 
 eval:
 	scripts/run.sh eval
+
+bench:
+	bash -c 'source scripts/setup.sh && cargo run -p server --example load'

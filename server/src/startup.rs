@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -88,6 +89,13 @@ impl Application {
         tracing::info!(%addr, "listening");
         let router = crate::http::router(state.clone());
         let shutdown = state.shutdown.clone();
+        // Answers stream as many small frames: without TCP_NODELAY, Nagle's algorithm holds a
+        // frame back until the client's delayed ACK (40 ms) arrives.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
