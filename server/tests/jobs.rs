@@ -1202,3 +1202,54 @@ fn assert_each_sent_once(smtp: &SmtpServer, expected: impl Iterator<Item = Strin
         "mail to unexpected recipients: {per_recipient:?}"
     );
 }
+
+#[tokio::test]
+async fn cleanup_prunes_old_failed_logins_and_long_expired_refresh_tokens() {
+    let app = spawn_app().await;
+    let db = app.db().await;
+    let user = insert_user(&db, "leftovers").await;
+    db.batch_execute(
+        "INSERT INTO login_failures (key, failed_at) VALUES \
+           ('user:old', now() - interval '2 days'), ('user:recent', now() - interval '1 hour')",
+    )
+    .await
+    .unwrap();
+    for (hash, expires) in [("aa", "3 days"), ("bb", "1 hour")] {
+        db.execute(
+            &format!(
+                "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) \
+                 VALUES (gen_random_uuid(), gen_random_uuid(), $1, decode('{hash}', 'hex'), \
+                         now() - interval '{expires}')"
+            ),
+            &[&user.id],
+        )
+        .await
+        .unwrap();
+    }
+
+    let run = cleanup::run(&app.state.db, 30, CleanupTrigger::Manual)
+        .await
+        .unwrap();
+    assert!(run.error.is_none(), "{:?}", run.error);
+
+    let keys: Vec<String> = db
+        .query("SELECT key FROM login_failures", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, vec!["user:recent".to_owned()]);
+    let hashes: Vec<String> = db
+        .query("SELECT encode(token_hash, 'hex') FROM refresh_tokens", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        hashes,
+        vec!["bb".to_owned()],
+        "a token expired an hour ago is kept"
+    );
+}

@@ -153,7 +153,11 @@ async fn run_locked(
     let cutoff: DateTime<Utc> = row.get("cutoff");
     tracing::info!(id, trigger = %trigger_str(trigger), retention_days, %cutoff, "history cleanup started");
 
-    let error = match delete_in_batches(client, id, cutoff, cancel).await {
+    let deleted = match delete_in_batches(client, id, cutoff, cancel).await {
+        Ok(()) => prune_auth_leftovers(client, cancel).await,
+        Err(e) => Err(e),
+    };
+    let error = match deleted {
         Ok(()) if cancel.is_cancelled() => {
             Some("interrupted: the server is shutting down".to_owned())
         }
@@ -228,6 +232,55 @@ async fn delete_in_batches(
             }
             // Let other work on this runtime (and the database) breathe between batches.
             tokio::task::yield_now().await;
+        }
+    }
+    Ok(())
+}
+
+/// How long failed logins and expired refresh tokens are kept. Lockout windows are minutes,
+/// and an expired refresh token is refused by its own `exp` before its row is read, so a day is
+/// generous; keeping a little lets an operator look at a recent attack.
+const AUTH_LEFTOVERS_KEPT: &str = "1 day";
+
+/// Deletes what authentication leaves behind and never reads again: failed-login rows past any
+/// lockout window (rows for one key are otherwise pruned only when that key fails again) and
+/// refresh tokens long expired (login prunes them only for the user logging in). Same batching
+/// as the history, so the tables are never locked for long.
+async fn prune_auth_leftovers(
+    client: &tokio_postgres::Client,
+    cancel: &CancellationToken,
+) -> Result<(), tokio_postgres::Error> {
+    let statements = [
+        (
+            "login_failures",
+            format!(
+                "DELETE FROM login_failures WHERE ctid IN ( \
+                   SELECT ctid FROM login_failures \
+                   WHERE failed_at < now() - interval '{AUTH_LEFTOVERS_KEPT}' LIMIT $1)"
+            ),
+        ),
+        (
+            "refresh_tokens",
+            format!(
+                "DELETE FROM refresh_tokens WHERE id IN ( \
+                   SELECT id FROM refresh_tokens \
+                   WHERE expires_at < now() - interval '{AUTH_LEFTOVERS_KEPT}' LIMIT $1)"
+            ),
+        ),
+    ];
+    for (table, sql) in &statements {
+        let stmt = client.prepare(sql).await?;
+        let mut total = 0;
+        while !cancel.is_cancelled() {
+            let n = client.execute(&stmt, &[&BATCH_SIZE]).await?;
+            total += n;
+            if n == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if total > 0 {
+            tracing::info!(table, rows = total, "pruned authentication leftovers");
         }
     }
     Ok(())
