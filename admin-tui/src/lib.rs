@@ -9,12 +9,14 @@
 //! - [`app`]: the [`app::App`] state; keys become [`app::Action`]s, events are applied. No I/O.
 //! - [`ui`]: `draw(frame, &App)`, a pure rendering of the state.
 //! - [`run`]: the event loop tying them together, and terminal setup/restore.
+//! - [`tls`]: the TLS provider for `wss://` event sockets.
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod events;
 pub mod run;
+pub mod tls;
 pub mod ui;
 
 pub use run::{Config, run};

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
 
 fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    admin_tui::tls::install_provider();
     let credentials = credentials(cli.username, cli.password, cli.token)?;
     let config = admin_tui::Config {
         server: cli.server,
