@@ -174,7 +174,7 @@ pub struct Config {
     /// Embedding provider [default: gemini when GEMINI_API_KEY is set, else local].
     #[arg(long, env = "EMBEDDING_PROVIDER", value_enum)]
     pub embedding_provider: Option<EmbeddingProvider>,
-    /// Root of an OpenAI-compatible server (Ollama, vLLM, llama.cpp, TEI), without `/v1`.
+    /// Root of an OpenAI-compatible server (Ollama, vLLM, llama.cpp, TEI), with or without `/v1`.
     #[arg(
         long,
         env = "OPENAI_BASE_URL",
@@ -353,6 +353,18 @@ impl Config {
             })
     }
 
+    /// The Gemini API root as the clients want it: without a trailing `/` or `/v1beta`, so
+    /// either spelling of `GEMINI_BASE_URL` works.
+    pub fn gemini_root(&self) -> String {
+        api_root(&self.gemini_base_url, "/v1beta")
+    }
+
+    /// The OpenAI-compatible root as the clients want it: without a trailing `/` or `/v1`
+    /// (servers document their URL both ways, e.g. `http://127.0.0.1:11434/v1`).
+    pub fn openai_root(&self) -> String {
+        api_root(&self.openai_base_url, "/v1")
+    }
+
     /// The embedding provider in force: explicit, else Gemini with a key, else local.
     pub fn embedding_provider(&self) -> EmbeddingProvider {
         self.embedding_provider
@@ -362,6 +374,11 @@ impl Config {
                 EmbeddingProvider::Local
             })
     }
+}
+
+fn api_root(url: &str, version: &str) -> String {
+    let url = url.trim_end_matches('/');
+    url.strip_suffix(version).unwrap_or(url).to_owned()
 }
 
 #[cfg(test)]
@@ -402,6 +419,21 @@ mod tests {
             config.validate(),
             Err(ConfigError::KnowledgeBase { .. })
         ));
+    }
+
+    #[test]
+    fn provider_roots_accept_a_versioned_url() {
+        for (given, root) in [
+            ("http://127.0.0.1:11434", "http://127.0.0.1:11434"),
+            ("http://127.0.0.1:11434/", "http://127.0.0.1:11434"),
+            ("http://127.0.0.1:11434/v1", "http://127.0.0.1:11434"),
+            ("http://127.0.0.1:11434/v1/", "http://127.0.0.1:11434"),
+        ] {
+            let config = parse(&["--openai-base-url", given]);
+            assert_eq!(config.openai_root(), root, "{given}");
+        }
+        let config = parse(&["--gemini-base-url", "https://g.example/v1beta/"]);
+        assert_eq!(config.gemini_root(), "https://g.example");
     }
 
     #[test]

@@ -171,7 +171,7 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<dyn ChatModel>> {
             Arc::new(gemini::GeminiChat::new(
                 http::client(config)?,
                 gemini::GeminiChatOptions {
-                    base_url: config.gemini_base_url.clone(),
+                    base_url: config.gemini_root(),
                     api_key: key,
                     model: config
                         .llm_model
@@ -190,7 +190,7 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<dyn ChatModel>> {
             Arc::new(openai::OpenAiChat::new(
                 http::client(config)?,
                 openai::OpenAiChatOptions {
-                    base_url: config.openai_base_url.clone(),
+                    base_url: config.openai_root(),
                     api_key: config.openai_api_key.clone(),
                     model,
                     max_output_tokens: config.max_output_tokens,

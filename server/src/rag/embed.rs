@@ -86,7 +86,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
                 .ok_or_else(|| anyhow::anyhow!("EMBEDDING_PROVIDER=gemini needs GEMINI_API_KEY"))?;
             Arc::new(GeminiEmbedder {
                 client: http::client(config)?,
-                base_url: config.gemini_base_url.clone(),
+                base_url: config.gemini_root(),
                 api_key: key,
                 model: config
                     .embedding_model
@@ -101,7 +101,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
             })?;
             let mut embedder = OpenAiEmbedder {
                 client: http::client(config)?,
-                base_url: config.openai_base_url.clone(),
+                base_url: config.openai_root(),
                 api_key: config.openai_api_key.clone(),
                 model,
                 dimension: 0,
