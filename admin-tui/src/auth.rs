@@ -3,7 +3,6 @@
 //! The current access token lives in a `watch` channel: the refresher is its only writer, and
 //! every request or reconnect reads whatever is current, so nobody holds a stale copy for long.
 
-use std::fmt;
 use std::time::Duration;
 
 use protocol::auth::TokenPair;
@@ -12,25 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{ApiClient, ApiError};
 use crate::app::AppEvent;
 
-/// A password or token that never shows up in `Debug` output or logs.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use protocol::Secret;
 
 /// How the console proves it is an admin.
 #[derive(Debug, Clone)]

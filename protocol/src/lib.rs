@@ -9,11 +9,14 @@
 //! - [`chat`]: the REST chat request/answer, sources, usage, history and conversations.
 //! - [`ws`]: chat WebSocket frames, client → server ([`ws::ClientFrame`]) and server → client ([`ws::ServerFrame`]).
 //! - [`admin`]: bodies of the admin API and the frames of its live event socket.
+//! - [`secret`]: a string that is never printed (passwords, tokens, keys).
 
 pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod error;
+pub mod secret;
 pub mod ws;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use secret::Secret;
