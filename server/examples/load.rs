@@ -13,7 +13,6 @@
 //! bounded in count and every wait in time; only loopback addresses are used. The last line
 //! printed is a JSON summary (`LOAD_JSON {...}`) for comparing runs. See BENCHMARKS.md.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -30,52 +29,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 const WAIT: Duration = Duration::from_secs(120);
 const PASSWORD: &str = "correct horse battery";
 
-fn workspace_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+// The test harness's database and path helpers: one way to make and drop a throw-away database.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-fn admin_database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// Creates an empty database; returns (its URL, its name).
-async fn fresh_database() -> (String, String) {
-    let admin_url = admin_database_url();
-    let name = format!("scb_{}", uuid::Uuid::new_v4().simple());
-    let client = server::db::connect(&admin_url)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} unreachable: {e}"));
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the benchmark database");
-    let mut config: tokio_postgres::Config = admin_url.parse().expect("a valid database URL");
-    config.dbname(&name);
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("root");
-    let password = config
-        .get_password()
-        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-        .unwrap_or_default();
-    (
-        format!("postgres://{user}{password}@{host}:{port}/{name}"),
-        name,
-    )
-}
-
-async fn drop_database(name: &str) {
-    if let Ok(client) = server::db::connect(&admin_database_url()).await {
-        let _ = client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await;
-    }
-}
+use common::{drop_database, fresh_database, workspace_dir};
 
 /// A `/proc/self/status` field in MiB (`VmRSS`, `VmHWM`).
 fn proc_status_mib(field: &str) -> f64 {
@@ -585,10 +543,10 @@ async fn main() {
     let questions = load_questions();
     let loadavg = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at start: {}", loadavg().trim());
-    let (database_url, database_name) = fresh_database().await;
+    let database_url = fresh_database().await;
 
     let mut config = Config::parse_from(["chat-server"]).expect("default config");
-    config.database_url = database_url;
+    config.database_url = database_url.clone();
     config.bind_addr = "127.0.0.1:0".parse().expect("a loopback address");
     config.jwt_secret = Some(server::config::Secret::new(
         "bench-secret-of-at-least-32-bytes!!",
@@ -678,7 +636,7 @@ async fn main() {
 
     state.shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
-    drop_database(&database_name).await;
+    drop_database(&database_url).await;
     println!("load average at end: {}", loadavg().trim());
     println!("LOAD_JSON {}", Value::Object(bench.summary));
 }
