@@ -90,6 +90,15 @@ impl AdminSocket {
         }
     }
 
+    /// Renews the socket's token (the server closes it with 4001 when its token expires).
+    pub async fn renew(&mut self, access_token: &str) -> Result<(), EventsError> {
+        let frame = serde_json::json!({"type": "auth", "token": access_token});
+        Ok(self
+            .socket
+            .send(Message::Text(frame.to_string().into()))
+            .await?)
+    }
+
     pub async fn ping(&mut self) -> Result<(), EventsError> {
         Ok(self.socket.send(Message::Ping(Vec::new().into())).await?)
     }
@@ -109,10 +118,14 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 
 /// Keeps the event socket up until the app channel closes. Each (re)connect begins with the
 /// server's snapshot, which resets the session list.
-pub async fn run(base: String, access: watch::Receiver<String>, events: mpsc::Sender<AppEvent>) {
+pub async fn run(
+    base: String,
+    mut access: watch::Receiver<String>,
+    events: mpsc::Sender<AppEvent>,
+) {
     let mut attempt: u32 = 0;
     loop {
-        let token = access.borrow().clone();
+        let token = access.borrow_and_update().clone();
         let reason = match AdminSocket::connect(&base, &token).await {
             Ok(mut socket) => {
                 attempt = 0;
@@ -123,7 +136,7 @@ pub async fn run(base: String, access: watch::Receiver<String>, events: mpsc::Se
                 {
                     return;
                 }
-                let reason = pump(&mut socket, &events).await;
+                let reason = pump(&mut socket, &mut access, &events).await;
                 socket.close().await;
                 match reason {
                     Some(reason) => reason,
@@ -155,8 +168,13 @@ pub async fn run(base: String, access: watch::Receiver<String>, events: mpsc::Se
     }
 }
 
-/// Forwards events until the socket drops (`Some(reason)`) or the app is gone (`None`).
-async fn pump(socket: &mut AdminSocket, events: &mpsc::Sender<AppEvent>) -> Option<String> {
+/// Forwards events, and each renewed access token to the server, until the socket drops
+/// (`Some(reason)`) or the app is gone (`None`).
+async fn pump(
+    socket: &mut AdminSocket,
+    access: &mut watch::Receiver<String>,
+    events: &mpsc::Sender<AppEvent>,
+) -> Option<String> {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
@@ -178,6 +196,12 @@ async fn pump(socket: &mut AdminSocket, events: &mpsc::Sender<AppEvent>) -> Opti
             },
             _ = ping.tick() => {
                 if let Err(e) = socket.ping().await {
+                    return Some(e.to_string());
+                }
+            }
+            Ok(()) = access.changed() => {
+                let token = access.borrow_and_update().clone();
+                if let Err(e) = socket.renew(&token).await {
                     return Some(e.to_string());
                 }
             }

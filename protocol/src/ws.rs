@@ -70,8 +70,11 @@ pub enum ServerFrame {
 
 /// Close code sent when the access token expires unrenewed.
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
-/// Close code sent when no valid `auth` frame arrived in time.
+/// Close code sent when no valid `auth` frame arrived in time, or the token is not valid (or,
+/// on the admin event socket, no longer carries the admin role).
 pub const CLOSE_UNAUTHENTICATED: u16 = 4003;
+/// Close code sent when the user already holds as many sockets as allowed.
+pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4029;
 
 #[cfg(test)]
 mod tests {

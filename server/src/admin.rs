@@ -3,16 +3,21 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use protocol::ErrorBody;
 use protocol::admin::{AdminEvent, CleanupRun, CleanupTrigger, KbInfo, SessionInfo, Stats};
+use protocol::auth::Role;
+use protocol::ws::{CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHENTICATED, ClientFrame};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::AdminUser;
+use crate::auth::{AdminUser, AuthUser};
 use crate::cluster;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
@@ -146,15 +151,50 @@ async fn stats(_admin: AdminUser, State(state): State<AppState>) -> ApiResult<Js
 /// `GET /api/admin/events`: a snapshot of the live sessions of every instance, then every admin
 /// event as it happens (other instances' arrive through the cluster listener on the same
 /// channel). A subscriber too slow to keep up gets a fresh snapshot instead of a gap.
-async fn events(
-    _admin: AdminUser,
-    State(state): State<AppState>,
-    ws: WebSocketUpgrade,
-) -> Response {
-    ws.on_upgrade(move |socket| stream_events(socket, state))
+///
+/// The socket lives no longer than its token: it closes with 4001 when the token expires
+/// unrenewed. The console renews it with `{"type":"auth","token":...}` frames; each renewal, and
+/// a check every minute, confirms the admin role in the database (4003 once it is gone).
+async fn events(admin: AdminUser, State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| stream_events(socket, state, admin.0))
 }
 
-async fn stream_events(mut socket: WebSocket, state: AppState) {
+/// How often an open event socket re-reads its admin's role.
+const ROLE_RECHECK: Duration = Duration::from_secs(60);
+
+/// When `user`'s token expires, on the tokio clock.
+fn expiry_of(user: &AuthUser) -> Instant {
+    let left = user
+        .expires_at
+        .saturating_sub(chrono::Utc::now().timestamp());
+    Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
+}
+
+/// Whether `user_id` still holds the admin role; a database failure counts as yes (the socket
+/// is re-checked a minute later).
+async fn still_admin(state: &AppState, user_id: uuid::Uuid) -> bool {
+    let role = match state.db.get().await {
+        Ok(client) => crate::auth::store::role_of(&client, user_id).await,
+        Err(e) => Err(e.into()),
+    };
+    match role {
+        Ok(role) => role == Some(Role::Admin),
+        Err(e) => {
+            tracing::warn!(error = %e, "admin events: role check failed; keeping the socket");
+            true
+        }
+    }
+}
+
+async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+async fn stream_events(mut socket: WebSocket, state: AppState, mut admin: AuthUser) {
     // Subscribed before the other instances' sessions are read, so none of their changes falls
     // in between (one may arrive twice: consoles apply events as upserts and removals).
     let (local, mut events) = state.sessions.subscribe();
@@ -165,15 +205,46 @@ async fn stream_events(mut socket: WebSocket, state: AppState) {
     {
         return;
     }
+    let expiry = tokio::time::sleep_until(expiry_of(&admin));
+    tokio::pin!(expiry);
+    let mut recheck = tokio::time::interval_at(Instant::now() + ROLE_RECHECK, ROLE_RECHECK);
     loop {
         tokio::select! {
             () = state.shutdown.cancelled() => {
                 let _ = socket.send(Message::Close(None)).await;
                 return;
             }
+            () = &mut expiry => return close(socket, CLOSE_TOKEN_EXPIRED, "token expired").await,
+            _ = recheck.tick() => {
+                if !still_admin(&state, admin.id).await {
+                    return close(socket, CLOSE_UNAUTHENTICATED, "no longer an admin").await;
+                }
+            }
             incoming = socket.recv() => match incoming {
-                // The console sends nothing but pings and close; axum answers pings itself.
+                // The console sends pings, close, and `auth` frames renewing its token; axum
+                // answers pings itself.
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(Message::Text(text))) => {
+                    let Ok(ClientFrame::Auth { token }) = serde_json::from_str(&text) else {
+                        continue;
+                    };
+                    match state.tokens.verify_access(&token) {
+                        Ok(user) if user.id == admin.id => {
+                            if !still_admin(&state, user.id).await {
+                                return close(socket, CLOSE_UNAUTHENTICATED, "no longer an admin")
+                                    .await;
+                            }
+                            expiry.as_mut().reset(expiry_of(&user));
+                            admin = user;
+                        }
+                        Err(ApiError::TokenExpired) => {
+                            return close(socket, CLOSE_TOKEN_EXPIRED, "token expired").await;
+                        }
+                        Ok(_) | Err(_) => {
+                            return close(socket, CLOSE_UNAUTHENTICATED, "invalid token").await;
+                        }
+                    }
+                }
                 Some(Ok(_)) => {}
             },
             event = events.recv() => {

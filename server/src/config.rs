@@ -115,12 +115,36 @@ pub struct Config {
     /// Refresh-token lifetime in seconds.
     #[arg(long, env = "REFRESH_TOKEN_TTL_SECS", default_value_t = 24 * 60 * 60)]
     pub refresh_token_ttl_secs: u64,
-    /// Failed logins per username (or per client address) before a lockout.
+    /// Failed logins per (username, client address) before that pair is locked out: someone
+    /// else's failures never lock a user out at their own address.
     #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 5)]
     pub login_max_failures: u32,
     /// Window and lockout length for failed logins, in seconds.
     #[arg(long, env = "LOGIN_LOCKOUT_SECS", default_value_t = 300)]
     pub login_lockout_secs: u64,
+    /// Failed logins per client address (any usernames) before that address is locked out.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ADDR", default_value_t = 30)]
+    pub login_max_failures_per_addr: u32,
+    /// Sign-ups per client address within SIGNUP_WINDOW_SECS.
+    #[arg(long, env = "SIGNUP_MAX_PER_ADDR", default_value_t = 10)]
+    pub signup_max_per_addr: u32,
+    /// Window of the per-address sign-up limit, in seconds.
+    #[arg(long, env = "SIGNUP_WINDOW_SECS", default_value_t = 600)]
+    pub signup_window_secs: u64,
+    /// Sign-ups per minute across all addresses (0: no global limit).
+    #[arg(long, env = "SIGNUP_MAX_PER_MINUTE", default_value_t = 0)]
+    pub signup_max_per_minute: u32,
+    /// Password-hashing worker threads [default: one per core].
+    #[arg(long, env = "HASH_WORKERS")]
+    pub hash_workers: Option<usize>,
+    /// Password checks waiting for a hashing worker; past it sign-ups and logins get a 503
+    /// with Retry-After.
+    #[arg(long, env = "HASH_QUEUE", default_value_t = crate::auth::password::DEFAULT_QUEUE)]
+    pub hash_queue: usize,
+    /// Reverse proxies (CIDRs or addresses, comma-separated) whose X-Forwarded-For or
+    /// Forwarded header names the client. Empty: the TCP peer is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
     /// Bootstrap an admin account with this name at start if absent.
     #[arg(long, env = "ADMIN_USERNAME")]
     pub admin_username: Option<String>,
@@ -208,6 +232,22 @@ pub struct Config {
     /// Seconds between server pings on the socket.
     #[arg(long, env = "WS_PING_SECS", default_value_t = 20)]
     pub ws_ping_secs: u64,
+    /// Chat sockets one user may hold open at once (per instance).
+    #[arg(long, env = "WS_MAX_SOCKETS_PER_USER", default_value_t = 16)]
+    pub ws_max_sockets_per_user: usize,
+    /// Chat sockets still waiting for their `auth` frame; past it new upgrades get a 503.
+    #[arg(long, env = "WS_MAX_UNAUTHENTICATED", default_value_t = 512)]
+    pub ws_max_unauthenticated: usize,
+    /// Seconds a chat socket has to send its `auth` frame.
+    #[arg(long, env = "WS_AUTH_TIMEOUT_SECS", default_value_t = 10)]
+    pub ws_auth_timeout_secs: u64,
+    /// Seconds a client has to send a request's headers before the connection is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a REST request may take, body included (the chat socket, the admin event socket
+    /// and SSE streams are exempt).
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 60)]
+    pub request_timeout_secs: u64,
 
     // --- jobs ---
     /// Age in days after which history is deleted.
@@ -305,6 +345,22 @@ impl Config {
         if self.admin_username.is_some() != self.admin_password.is_some() {
             return Err(ConfigError::Invalid(
                 "ADMIN_USERNAME and ADMIN_PASSWORD go together".into(),
+            ));
+        }
+        crate::client_ip::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(ConfigError::Invalid)?;
+        crate::http::parse_origins(&self.cors_origins).map_err(ConfigError::Invalid)?;
+        if self.header_read_timeout_secs == 0
+            || self.request_timeout_secs == 0
+            || self.ws_auth_timeout_secs == 0
+        {
+            return Err(ConfigError::Invalid(
+                "HEADER_READ_TIMEOUT_SECS, REQUEST_TIMEOUT_SECS and WS_AUTH_TIMEOUT_SECS must be at least 1".into(),
+            ));
+        }
+        if self.ws_max_sockets_per_user == 0 || self.hash_workers == Some(0) {
+            return Err(ConfigError::Invalid(
+                "WS_MAX_SOCKETS_PER_USER and HASH_WORKERS must be at least 1".into(),
             ));
         }
         let mailer = self.mailer.expose();
@@ -408,6 +464,30 @@ mod tests {
         }
         let config = parse(&["--gemini-base-url", "https://g.example/v1beta/"]);
         assert_eq!(config.gemini_root(), "https://g.example");
+    }
+
+    #[test]
+    fn cors_and_proxies_are_checked_at_start() {
+        parse(&["--cors-origins", "*"]).validate().unwrap();
+        parse(&["--cors-origins", "https://a.example,http://b.example:8080"])
+            .validate()
+            .unwrap();
+        for bad in [
+            "not an origin",
+            "https://a.example/path",
+            "ftp://a.example",
+            "https://",
+        ] {
+            let err = parse(&["--cors-origins", bad]).validate().unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid(_)), "{bad}: {err}");
+        }
+        parse(&["--trusted-proxies", "10.0.0.0/8,::1"])
+            .validate()
+            .unwrap();
+        assert!(matches!(
+            parse(&["--trusted-proxies", "10.0.0.0/40"]).validate(),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]

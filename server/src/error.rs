@@ -37,6 +37,9 @@ pub enum ApiError {
     ContentBlocked(String),
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Too busy right now (a bounded queue is full): 503 with `Retry-After: 1`.
+    #[error("{0}")]
+    Overloaded(&'static str),
     #[error(transparent)]
     Database(#[from] tokio_postgres::Error),
     #[error(transparent)]
@@ -66,7 +69,7 @@ impl ApiError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ProviderUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::ContentBlocked(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -86,8 +89,19 @@ impl ApiError {
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::ProviderUnavailable(_) => ErrorCode::ProviderUnavailable,
             Self::ContentBlocked(_) => ErrorCode::ContentBlocked,
-            Self::Unavailable(_) | Self::Pool(_) => ErrorCode::Unavailable,
+            Self::Unavailable(_) | Self::Overloaded(_) | Self::Pool(_) => ErrorCode::Unavailable,
             Self::Database(_) | Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// When to try again, for limits and full queues.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            Self::Overloaded(_) => Some(1),
+            _ => None,
         }
     }
 
@@ -107,12 +121,7 @@ impl ApiError {
             error: ErrorDetail {
                 code: self.code(),
                 message,
-                retry_after: match self {
-                    Self::RateLimited {
-                        retry_after_secs, ..
-                    } => Some(*retry_after_secs),
-                    _ => None,
-                },
+                retry_after: self.retry_after_secs(),
                 fields: match self {
                     Self::Validation(fields) => fields.clone(),
                     _ => Vec::new(),
@@ -125,17 +134,16 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // A full queue is load, not a fault: counted in metrics, not logged per request.
+        if status.is_server_error() && !matches!(self, Self::Overloaded(_)) {
             tracing::error!(error = ?self, "request failed");
         }
         let mut response = (status, Json(self.body())).into_response();
         let headers = response.headers_mut();
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         match &self {
-            Self::RateLimited {
-                retry_after_secs, ..
-            } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-            }
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }

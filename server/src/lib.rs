@@ -16,11 +16,15 @@
 //! - [`jobs`]: the scheduled history cleanup and the welcome-mail outbox.
 //! - [`cluster`]: what instances share through PostgreSQL: live sessions, LISTEN/NOTIFY events.
 //! - [`telemetry`]: logging and metrics.
+//! - [`client_ip`]: the client address behind trusted proxies, as per-address limits count it.
+//! - [`throttle`]: fixed-window counters in PostgreSQL (sign-ups, login failures), shared by
+//!   every instance.
 
 pub mod admin;
 pub mod answer;
 pub mod auth;
 pub mod chat;
+pub mod client_ip;
 pub mod cluster;
 pub mod config;
 pub mod db;
@@ -33,3 +37,4 @@ pub mod rag;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod throttle;

@@ -5,10 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::state::AppState;
@@ -32,6 +35,12 @@ impl Application {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let tokens = Arc::new(crate::auth::TokenService::from_config(&config)?);
+        crate::auth::password::configure(config.hash_workers, config.hash_queue)
+            .context("starting the password-hashing workers")?;
+        let trusted_proxies = Arc::new(
+            crate::client_ip::TrustedProxies::parse(&config.trusted_proxies)
+                .map_err(|e| anyhow::anyhow!(e))?,
+        );
         crate::auth::bootstrap_admin(&config, &db).await?;
 
         let answerer = Arc::new(crate::answer::Answerer::start(&config, db.clone()).await?);
@@ -53,10 +62,15 @@ impl Application {
             )),
             cluster,
             metrics: crate::telemetry::metrics_handle(),
+            trusted_proxies,
             shutdown,
             tasks,
         };
         crate::jobs::start(&state).await?;
+        state.tasks.spawn(crate::telemetry::upkeep(
+            state.metrics.clone(),
+            state.shutdown.clone(),
+        ));
         state.tasks.spawn(crate::cluster::run(state.clone()));
 
         let listener = TcpListener::bind(state.config.bind_addr)
@@ -88,21 +102,7 @@ impl Application {
         } = self;
         tracing::info!(%addr, "listening");
         let router = crate::http::router(state.clone());
-        let shutdown = state.shutdown.clone();
-        // Answers stream as many small frames: without TCP_NODELAY, Nagle's algorithm holds a
-        // frame back until the client's delayed ACK (40 ms) arrives.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+        serve(listener, router, &state).await;
 
         state.tasks.close();
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
@@ -117,6 +117,64 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Accepts connections until shutdown and serves each as HTTP/1.1 (with WebSocket upgrades).
+///
+/// Written out rather than `axum::serve` for the header-read timeout: a client that never
+/// finishes its headers (or sends nothing, or idles between keep-alive requests) is cut off
+/// after `HEADER_READ_TIMEOUT_SECS` instead of holding a connection and a descriptor forever.
+/// On shutdown each connection finishes its request in flight and closes; upgraded sockets
+/// close themselves on the same token. Connection tasks are on `state.tasks`, so the drain
+/// waits for them within the grace period.
+async fn serve(listener: TcpListener, router: axum::Router, state: &AppState) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(state.config.header_read_timeout_secs));
+    let shutdown = state.shutdown.clone();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors, mostly: wait for some to close instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        // Answers stream as many small frames: without TCP_NODELAY, Nagle's algorithm holds a
+        // frame back until the client's delayed ACK (40 ms) arrives.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            },
+        ));
+        let connection = http
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        state.tasks.spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
     }
 }
 

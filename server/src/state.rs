@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::answer::Answerer;
 use crate::auth::TokenService;
 use crate::chat::sessions::SessionRegistry;
+use crate::client_ip::TrustedProxies;
 use crate::cluster::Cluster;
 use crate::config::Config;
 
@@ -26,6 +27,8 @@ pub struct AppState {
     /// This instance's id and its view of the other instances (shared live sessions, events).
     pub cluster: Arc<Cluster>,
     pub metrics: PrometheusHandle,
+    /// Reverse proxies whose forwarding headers name the client (`TRUSTED_PROXIES`).
+    pub trusted_proxies: Arc<TrustedProxies>,
     /// Cancelled on SIGTERM: sockets close, workers stop taking new work.
     pub shutdown: CancellationToken,
     /// Every background task (answers, workers) registers here so shutdown can wait for them.

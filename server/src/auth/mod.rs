@@ -2,14 +2,12 @@
 //! logout, and the `AuthUser` / `AdminUser` extractors every protected route uses.
 //!
 //! - [`tokens`]: JWT issue and verification (HS256 only, typed access/refresh tokens).
-//! - [`password`]: argon2id hashing on the blocking pool.
+//! - [`password`]: argon2id hashing on a fixed set of workers behind a bounded gate.
 //! - [`validate`]: username, email and password rules.
-//! - [`store`]: the `users`, `refresh_tokens` and `login_failures` tables.
-
-use std::net::SocketAddr;
+//! - [`store`]: the `users` and `refresh_tokens` tables.
 
 use axum::Json;
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use protocol::ErrorBody;
@@ -20,10 +18,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::client_ip::ClientIp;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::state::AppState;
+use crate::throttle;
 
 pub mod password;
 pub mod store;
@@ -43,9 +43,8 @@ pub struct AuthUser {
 }
 
 /// The token of an `Authorization: Bearer ...` header (the scheme name is case-insensitive).
-fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts
-        .headers
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
         .ok()?;
@@ -58,7 +57,8 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts).ok_or(ApiError::Unauthorized("missing bearer token"))?;
+        let token =
+            bearer_token(&parts.headers).ok_or(ApiError::Unauthorized("missing bearer token"))?;
         state.tokens.verify_access(token)
     }
 }
@@ -94,6 +94,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Creates an account and queues its welcome mail, both or neither.
+///
+/// Throttled per client address (and optionally overall), checked for a taken name or address
+/// before any hashing, and hashed through the bounded hashing gate.
 #[utoipa::path(
     post,
     path = "/api/signup/",
@@ -104,16 +107,50 @@ pub fn routes() -> OpenApiRouter<AppState> {
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 409, description = "Username or email already taken", body = ErrorBody),
         (status = 422, description = "A field breaks a rule", body = ErrorBody),
+        (status = 429, description = "Too many sign-ups from this address; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Too many sign-ups and logins at once; see Retry-After", body = ErrorBody),
     )
 )]
 async fn signup(
     State(state): State<AppState>,
+    client_ip: ClientIp,
     ApiJson(body): ApiJson<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     let problems = validate::signup(&body.username, &body.email, &body.password);
     if !problems.is_empty() {
         return Err(ApiError::Validation(problems));
     }
+    let config = &state.config;
+    {
+        let client = state.db.get().await?;
+        let mut limits = vec![throttle::Limit {
+            key: format!("signup:ip:{}", client_ip.limit_key()),
+            max: config.signup_max_per_addr,
+            window_secs: config.signup_window_secs,
+        }];
+        if config.signup_max_per_minute > 0 {
+            limits.push(throttle::Limit {
+                key: "signup:all".to_owned(),
+                max: config.signup_max_per_minute,
+                window_secs: 60,
+            });
+        }
+        if let throttle::Verdict::Limited { retry_after_secs } =
+            throttle::hit(&client, &limits).await?
+        {
+            metrics::counter!("auth_signups_throttled_total").increment(1);
+            return Err(ApiError::RateLimited {
+                message: "too many sign-ups; try again later".into(),
+                retry_after_secs,
+            });
+        }
+        // A taken name or address costs a query, not a hash (the insert still checks, for
+        // two sign-ups racing for one name).
+        if let Some(taken) = store::taken(&client, &body.username, &body.email).await? {
+            return Err(ApiError::Conflict(taken.into()));
+        }
+    }
+    // The pooled connection is not held while hashing.
     let password_hash = password::hash(body.password).await?;
 
     let mut client = state.db.get().await?;
@@ -128,11 +165,22 @@ async fn signup(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-/// Keys under which failed logins are counted: the username (any case) and the client address.
-fn failure_keys(username: &str, peer: SocketAddr) -> [String; 2] {
+/// The login limits: failures per (username, address), so nobody can lock a user out at their
+/// own address, and per address alone, with a higher bound, against one client trying many
+/// usernames.
+fn login_limits(config: &Config, username: &str, client_ip: ClientIp) -> [throttle::Limit; 2] {
+    let addr = client_ip.limit_key();
     [
-        format!("user:{}", username.to_lowercase()),
-        format!("ip:{}", peer.ip().to_canonical()),
+        throttle::Limit {
+            key: format!("login:user-ip:{}|{addr}", username.to_lowercase()),
+            max: config.login_max_failures,
+            window_secs: config.login_lockout_secs,
+        },
+        throttle::Limit {
+            key: format!("login:ip:{addr}"),
+            max: config.login_max_failures_per_addr,
+            window_secs: config.login_lockout_secs,
+        },
     ]
 }
 
@@ -140,8 +188,11 @@ const BAD_CREDENTIALS: &str = "invalid username or password";
 
 /// Exchanges a username and password for an access and a refresh token.
 ///
-/// An unknown user and a wrong password get the same answer in about the same time. Repeated
-/// failures for one username or from one address lock further attempts (429).
+/// An unknown user and a wrong password get the same answer in about the same time. Each
+/// attempt is counted before the password is checked (one atomic statement per limit), so
+/// parallel guesses get no extra tries; a success takes its attempt back. Too many failures
+/// for one username from one address, or from one address overall, lock further attempts
+/// (429).
 #[utoipa::path(
     post,
     path = "/api/login/",
@@ -150,12 +201,14 @@ const BAD_CREDENTIALS: &str = "invalid username or password";
     responses(
         (status = 200, description = "Logged in", body = TokenPair),
         (status = 401, description = "Wrong username or password", body = ErrorBody),
+        (status = 422, description = "A field is too long or empty", body = ErrorBody),
         (status = 429, description = "Too many failed logins; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Too many sign-ups and logins at once; see Retry-After", body = ErrorBody),
     )
 )]
 async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client_ip: ClientIp,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<TokenPair>> {
     // Bounded before any work, so a huge password cannot buy a long hash.
@@ -171,30 +224,24 @@ async fn login(
             "must be at most 1024 bytes long",
         ));
     }
-    let config = &state.config;
-    let keys = failure_keys(&body.username, peer);
+    let limits = login_limits(&state.config, &body.username, client_ip);
 
-    let credentials = {
+    let (counted, credentials) = {
         let client = state.db.get().await?;
-        let mut wait = None;
-        for key in &keys {
-            let remaining = store::lockout_remaining(
-                &client,
-                key,
-                config.login_max_failures,
-                config.login_lockout_secs,
-            )
-            .await?;
-            wait = wait.max(remaining);
-        }
-        if let Some(retry_after_secs) = wait {
-            metrics::counter!("auth_logins_total", "outcome" => "locked").increment(1);
-            return Err(ApiError::RateLimited {
-                message: "too many failed logins; try again later".into(),
-                retry_after_secs,
-            });
-        }
-        store::credentials_by_username(&client, &body.username).await?
+        let counted = match throttle::hit(&client, &limits).await? {
+            throttle::Verdict::Allowed(counted) => counted,
+            throttle::Verdict::Limited { retry_after_secs } => {
+                metrics::counter!("auth_logins_total", "outcome" => "locked").increment(1);
+                return Err(ApiError::RateLimited {
+                    message: "too many failed logins; try again later".into(),
+                    retry_after_secs,
+                });
+            }
+        };
+        (
+            counted,
+            store::credentials_by_username(&client, &body.username).await?,
+        )
     };
 
     // The pooled connection is not held while hashing.
@@ -202,20 +249,33 @@ async fn login(
         Some(c) => (Some(c.user), Some(c.password_hash)),
         None => (None, None),
     };
-    let matches = password::verify(body.password, phc).await?;
+    let matches = password::verify(body.password, phc).await;
 
     let client = state.db.get().await?;
-    let user = match user {
-        Some(user) if matches => user,
-        _ => {
-            for key in &keys {
-                store::record_failure(&client, key, config.login_lockout_secs).await?;
-            }
+    let user = match (user, matches) {
+        (Some(user), Ok(true)) => user,
+        (_, Ok(false)) | (None, Ok(true)) => {
+            // The attempts stay counted: that is the failure being recorded.
             metrics::counter!("auth_logins_total", "outcome" => "failed").increment(1);
             return Err(ApiError::Unauthorized(BAD_CREDENTIALS));
         }
+        (_, Err(e)) => {
+            // Not a guess that failed (the gate was full, say): give the attempt back.
+            for hit in &counted {
+                throttle::undo(&client, hit).await?;
+            }
+            return Err(e);
+        }
     };
-    store::clear_failures(&client, &keys[0]).await?;
+    // The user proved the password: this pair's failures are forgotten, and this attempt does
+    // not count against the address.
+    for hit in &counted {
+        if hit.key() == limits[0].key {
+            throttle::clear(&client, hit.key()).await?;
+        } else {
+            throttle::undo(&client, hit).await?;
+        }
+    }
     store::prune_expired_refresh(&client, user.id).await?;
 
     let refresh = state.tokens.issue_refresh(user.id)?;

@@ -1,5 +1,5 @@
-//! The account tables: users, refresh-token families, failed logins. Plain functions over a
-//! pooled client or a transaction.
+//! The account tables: users and refresh-token families (login failures are counted in
+//! [`crate::throttle`]). Plain functions over a pooled client or a transaction.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -70,6 +70,28 @@ pub async fn insert_user(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// What a sign-up would collide with, if anything: checked before hashing, so a taken name
+/// costs a query and not a hash.
+pub async fn taken(
+    db: &impl GenericClient,
+    username: &str,
+    email: &str,
+) -> Result<Option<&'static str>, ApiError> {
+    let statement = db
+        .prepare_cached(
+            "SELECT lower(username) = lower($1) FROM users
+             WHERE lower(username) = lower($1) OR lower(email) = lower($2)
+             ORDER BY 1 DESC LIMIT 1",
+        )
+        .await?;
+    let row = db.query_opt(&statement, &[&username, &email]).await?;
+    Ok(match row {
+        None => None,
+        Some(row) if row.try_get::<_, bool>(0)? => Some("this username is already taken"),
+        Some(_) => Some("an account with this email already exists"),
+    })
 }
 
 /// An account with its password hash, for the login check only.
@@ -196,63 +218,6 @@ pub async fn revoke_family(db: &impl GenericClient, family_id: Uuid) -> Result<u
         )
         .await?;
     Ok(db.execute(&statement, &[&family_id]).await?)
-}
-
-/// Seconds until `key` may try again, if it has `max_failures` or more failures within the
-/// last `window_secs`: the wait lasts until the oldest failure that still counts ages out.
-pub async fn lockout_remaining(
-    db: &impl GenericClient,
-    key: &str,
-    max_failures: u32,
-    window_secs: u64,
-) -> Result<Option<u64>, ApiError> {
-    let statement = db
-        .prepare_cached(
-            "SELECT ceil(extract(epoch FROM
-                        failed_at + make_interval(secs => $2) - clock_timestamp()))::bigint
-             FROM login_failures
-             WHERE key = $1 AND failed_at > clock_timestamp() - make_interval(secs => $2)
-             ORDER BY failed_at DESC
-             OFFSET $3 LIMIT 1",
-        )
-        .await?;
-    let window = window_secs as f64;
-    let offset = i64::from(max_failures.saturating_sub(1));
-    let row = db.query_opt(&statement, &[&key, &window, &offset]).await?;
-    Ok(row
-        .map(|row| row.try_get::<_, i64>(0))
-        .transpose()?
-        .map(|secs| secs.max(1).unsigned_abs()))
-}
-
-/// Records a failed login under `key`, dropping the key's failures too old to count.
-pub async fn record_failure(
-    db: &impl GenericClient,
-    key: &str,
-    window_secs: u64,
-) -> Result<(), ApiError> {
-    let prune = db
-        .prepare_cached(
-            "DELETE FROM login_failures
-             WHERE key = $1 AND failed_at < clock_timestamp() - make_interval(secs => $2)",
-        )
-        .await?;
-    let insert = db
-        .prepare_cached(
-            "INSERT INTO login_failures (key, failed_at) VALUES ($1, clock_timestamp())",
-        )
-        .await?;
-    db.execute(&prune, &[&key, &(window_secs as f64)]).await?;
-    db.execute(&insert, &[&key]).await?;
-    Ok(())
-}
-
-pub async fn clear_failures(db: &impl GenericClient, key: &str) -> Result<(), ApiError> {
-    let statement = db
-        .prepare_cached("DELETE FROM login_failures WHERE key = $1")
-        .await?;
-    db.execute(&statement, &[&key]).await?;
-    Ok(())
 }
 
 /// Gives an existing account the admin role; returns whether it exists.

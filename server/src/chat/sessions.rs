@@ -7,6 +7,7 @@
 //! behind a load balancer a user can ask up to N times the limit): an accepted trade-off.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,11 @@ pub struct SessionRegistry {
     /// Recent answers per user, by the client's ask id, for `resume` and `cancel`, and when
     /// the map was last swept of expired answers.
     answers: Mutex<(HashMap<Uuid, Vec<Resumable>>, Instant)>,
+    /// Open sockets per user, for `WS_MAX_SOCKETS_PER_USER`. Taken after `sessions` when both
+    /// are held (in `close`), never the other way round.
+    per_user: Mutex<HashMap<Uuid, usize>>,
+    /// Sockets upgraded but not yet authenticated, for `WS_MAX_UNAUTHENTICATED`.
+    unauthenticated: AtomicUsize,
     /// Where session changes are recorded for the other instances (none in unit tests).
     /// Recorded while holding `sessions`, so the changes of one session stay in order.
     changes: Option<Arc<SessionChanges>>,
@@ -66,6 +72,8 @@ impl Default for SessionRegistry {
             events: broadcast::channel(EVENT_CAPACITY).0,
             asks: Mutex::new((HashMap::new(), Instant::now())),
             answers: Mutex::new((HashMap::new(), Instant::now())),
+            per_user: Mutex::new(HashMap::new()),
+            unauthenticated: AtomicUsize::new(0),
             changes: None,
         }
     }
@@ -116,6 +124,36 @@ impl SessionRegistry {
     /// publish on the same channel.
     pub fn event_sender(&self) -> broadcast::Sender<AdminEvent> {
         self.events.clone()
+    }
+
+    /// Registers a new session unless the user already holds `max_per_user` open ones.
+    pub(crate) fn try_open(
+        self: &Arc<Self>,
+        max_per_user: usize,
+        user_id: Uuid,
+        username: String,
+        remote_addr: Option<String>,
+        user_agent: Option<String>,
+    ) -> Option<SessionGuard> {
+        {
+            let mut per_user = lock(&self.per_user);
+            let open = per_user.entry(user_id).or_default();
+            if *open >= max_per_user {
+                return None;
+            }
+            *open += 1;
+        }
+        Some(self.open(user_id, username, remote_addr, user_agent))
+    }
+
+    /// Counts a socket waiting for its `auth` frame, unless `max` already are.
+    pub(crate) fn try_unauthenticated(self: &Arc<Self>, max: usize) -> Option<Unauthenticated> {
+        self.unauthenticated
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Unauthenticated(Arc::clone(self)))
     }
 
     /// Registers a new session; dropping the guard removes it.
@@ -181,7 +219,15 @@ impl SessionRegistry {
 
     fn close(&self, session_id: Uuid) {
         let mut sessions = lock(&self.sessions);
-        if sessions.remove(&session_id).is_some() {
+        if let Some(info) = sessions.remove(&session_id) {
+            let mut per_user = lock(&self.per_user);
+            if let Some(open) = per_user.get_mut(&info.user_id) {
+                *open = open.saturating_sub(1);
+                if *open == 0 {
+                    per_user.remove(&info.user_id);
+                }
+            }
+            drop(per_user);
             if let Some(changes) = &self.changes {
                 changes.closed(session_id);
             }
@@ -270,6 +316,15 @@ impl SessionRegistry {
     }
 }
 
+/// Counts one socket as waiting for authentication until dropped.
+pub(crate) struct Unauthenticated(Arc<SessionRegistry>);
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        self.0.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Keeps a session listed; dropping it (the socket ended) removes it.
 pub(crate) struct SessionGuard {
     registry: Arc<SessionRegistry>,
@@ -296,6 +351,39 @@ mod tests {
         let retry = registry.check_rate(alice, 2).unwrap_err();
         assert!((1..=60).contains(&retry));
         assert!(registry.check_rate(bob, 2).is_ok());
+    }
+
+    #[test]
+    fn sockets_are_capped_per_user_and_while_unauthenticated() {
+        let registry = Arc::new(SessionRegistry::default());
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let first = registry
+            .try_open(2, alice, "alice".into(), None, None)
+            .unwrap();
+        let second = registry
+            .try_open(2, alice, "alice".into(), None, None)
+            .unwrap();
+        assert!(
+            registry
+                .try_open(2, alice, "alice".into(), None, None)
+                .is_none()
+        );
+        assert!(
+            registry
+                .try_open(2, bob, "bob".into(), None, None)
+                .is_some()
+        );
+        drop(first);
+        let third = registry.try_open(2, alice, "alice".into(), None, None);
+        assert!(third.is_some());
+        drop((second, third));
+        assert!(lock(&registry.per_user).get(&alice).is_none());
+
+        let waiting: Vec<_> = (0..3).map(|_| registry.try_unauthenticated(3)).collect();
+        assert!(waiting.iter().all(Option::is_some));
+        assert!(registry.try_unauthenticated(3).is_none());
+        drop(waiting);
+        assert!(registry.try_unauthenticated(3).is_some());
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 //! the slow-client bound closes the connection: a slow reader never slows an answer or anyone
 //! else.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +22,9 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use protocol::error::{ErrorBody, ErrorCode};
-use protocol::ws::{CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHENTICATED, ClientFrame, ServerFrame};
+use protocol::ws::{
+    CLOSE_TOKEN_EXPIRED, CLOSE_TOO_MANY_SOCKETS, CLOSE_UNAUTHENTICATED, ClientFrame, ServerFrame,
+};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::task::JoinSet;
@@ -30,14 +33,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::pipeline::{self, AnswerLog, LogCursor, LogEvent};
-use super::sessions::{SessionGuard, SessionRegistry};
+use super::sessions::{SessionGuard, SessionRegistry, Unauthenticated};
 use super::store;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Time allowed for the first `auth` frame when the upgrade carried no token.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames waiting for the writer, per connection. Deltas are small, so this is a few hundred
 /// KiB at most; a client that lets it fill is too slow.
 const OUT_QUEUE: usize = 256;
@@ -59,11 +60,14 @@ enum Outgoing {
 
 /// Open the chat socket (a WebSocket upgrade). Authenticate with `Authorization: Bearer` on the
 /// upgrade or a first `{"type":"auth","token":...}` frame within 10 s; frames as in the design.
+/// An expired token closes the socket with 4001; a user over `WS_MAX_SOCKETS_PER_USER` open
+/// sockets is closed with 4029.
 #[utoipa::path(
     get, path = "/ws/chat", tag = "chat",
     responses(
         (status = 101, description = "Switching to the chat WebSocket protocol"),
-        (status = 401, description = "Bad or expired token in the Authorization header", body = ErrorBody),
+        (status = 401, description = "Bad token in the Authorization header", body = ErrorBody),
+        (status = 503, description = "Too many sockets waiting to authenticate; see Retry-After", body = ErrorBody),
     )
 )]
 pub async fn chat_socket(
@@ -72,21 +76,34 @@ pub async fn chat_socket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let preauth = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(value) => {
-            let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
-            match token {
-                None => return ApiError::Unauthorized("malformed bearer token").into_response(),
-                Some(token) => match state.tokens.verify_access(token.trim()) {
-                    Ok(user) => Some(user),
-                    Err(e) => return e.into_response(),
-                },
+    let auth = match headers.get(header::AUTHORIZATION) {
+        None => match state
+            .sessions
+            .try_unauthenticated(state.config.ws_max_unauthenticated)
+        {
+            Some(waiting) => Auth::Frame(waiting),
+            None => {
+                metrics::counter!("chat_sockets_refused_total", "why" => "unauthenticated")
+                    .increment(1);
+                return ApiError::Overloaded("too many sockets waiting to authenticate")
+                    .into_response();
             }
-        }
+        },
+        Some(_) => match crate::auth::bearer_token(&headers) {
+            None => return ApiError::Unauthorized("malformed bearer token").into_response(),
+            Some(token) => match state.tokens.verify_access(token) {
+                Ok(user) => Auth::Header(user),
+                // Upgraded, then closed with 4001: a browser cannot read a refused upgrade's
+                // status, but it can read a close code, and 4001 means "refresh, reconnect".
+                Err(ApiError::TokenExpired) => Auth::Expired,
+                Err(e) => return e.into_response(),
+            },
+        },
     };
+    let client = connect_info
+        .map(|Extension(ConnectInfo(addr))| state.trusted_proxies.client_of(addr.ip(), &headers));
     let peer = Peer {
-        remote_addr: connect_info.map(|Extension(ConnectInfo(addr))| addr.to_string()),
+        remote_addr: client.map(|ip| ip.to_string()),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -102,7 +119,17 @@ pub async fn chat_socket(
     upgrade
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| serve(socket, state, preauth, peer))
+        .on_upgrade(move |socket| serve(socket, state, auth, peer))
+}
+
+/// How the socket authenticates.
+enum Auth {
+    /// The upgrade's `Authorization` header carried a valid token.
+    Header(AuthUser),
+    /// It carried an expired one: the socket is closed with 4001 at once.
+    Expired,
+    /// A first `auth` frame will; counted as waiting until then.
+    Frame(Unauthenticated),
 }
 
 struct Peer {
@@ -159,7 +186,7 @@ fn deadline_of(user: &AuthUser) -> Instant {
 
 /// Waits for a valid `auth` frame; `None` if the socket should just end (it has been closed).
 async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Option<AuthUser> {
-    let deadline = Instant::now() + AUTH_TIMEOUT;
+    let deadline = Instant::now() + Duration::from_secs(state.config.ws_auth_timeout_secs);
     loop {
         let message = match tokio::time::timeout_at(deadline, socket.recv()).await {
             Err(_) => {
@@ -179,10 +206,12 @@ async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Option<AuthUs
                 Ok(ClientFrame::Auth { token }) => match state.tokens.verify_access(&token) {
                     Ok(user) => return Some(user),
                     Err(e) => {
+                        let close = match e {
+                            ApiError::TokenExpired => (CLOSE_TOKEN_EXPIRED, "token expired"),
+                            _ => (CLOSE_UNAUTHENTICATED, "invalid token"),
+                        };
                         let _ = socket.send(text_of(&error_frame(None, e))).await;
-                        let _ = socket
-                            .send(close_message(CLOSE_UNAUTHENTICATED, "invalid token"))
-                            .await;
+                        let _ = socket.send(close_message(close.0, close.1)).await;
                         return None;
                     }
                 },
@@ -203,13 +232,23 @@ async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Option<AuthUs
     }
 }
 
-async fn serve(mut socket: WebSocket, state: AppState, preauth: Option<AuthUser>, peer: Peer) {
-    let user = match preauth {
-        Some(user) => user,
-        None => match authenticate(&mut socket, &state).await {
-            Some(user) => user,
-            None => return,
-        },
+async fn serve(mut socket: WebSocket, state: AppState, auth: Auth, peer: Peer) {
+    let user = match auth {
+        Auth::Header(user) => user,
+        Auth::Expired => {
+            let _ = socket
+                .send(close_message(CLOSE_TOKEN_EXPIRED, "token expired"))
+                .await;
+            return;
+        }
+        Auth::Frame(waiting) => {
+            let user = authenticate(&mut socket, &state).await;
+            drop(waiting);
+            match user {
+                Some(user) => user,
+                None => return,
+            }
+        }
     };
     let profile = match state.db.get().await {
         Ok(client) => store::user(&client, user.id).await,
@@ -231,12 +270,22 @@ async fn serve(mut socket: WebSocket, state: AppState, preauth: Option<AuthUser>
             return;
         }
     };
-    let session = state.sessions.open(
+    let Some(session) = state.sessions.try_open(
+        state.config.ws_max_sockets_per_user,
         user.id,
         user.username.clone(),
         peer.remote_addr,
         peer.user_agent,
-    );
+    ) else {
+        metrics::counter!("chat_sockets_refused_total", "why" => "per_user").increment(1);
+        let _ = socket
+            .send(close_message(
+                CLOSE_TOO_MANY_SOCKETS,
+                "too many open sockets for this user",
+            ))
+            .await;
+        return;
+    };
     let session_id = session.session_id;
     tracing::debug!(%session_id, user_id = %user.id, "chat socket open");
     if socket
@@ -264,6 +313,7 @@ async fn serve(mut socket: WebSocket, state: AppState, preauth: Option<AuthUser>
         too_slow: CancellationToken::new(),
         in_flight: Arc::new(AtomicUsize::new(0)),
         followers: JoinSet::new(),
+        resumes: VecDeque::new(),
         patience,
         state,
     };
@@ -307,6 +357,8 @@ struct Connection {
     followers: JoinSet<()>,
     /// When the current access token expires; moved by a renewing `auth` frame.
     deadline: Instant,
+    /// When this connection's `resume` frames of the last minute came (for their rate limit).
+    resumes: VecDeque<Instant>,
     patience: Duration,
 }
 
@@ -453,6 +505,10 @@ impl Connection {
                 }
             }
             ClientFrame::Resume { id, after_seq } => {
+                if let Err(e) = self.check_resume() {
+                    self.send_error(Some(id), e).await;
+                    return None;
+                }
                 match self.state.sessions.find_answer(self.user.id, &id) {
                     Some(log) => self.follow(id, log.resume(after_seq)),
                     None => {
@@ -463,6 +519,40 @@ impl Connection {
             }
         }
         None
+    }
+
+    /// A `resume` starts a reader: like asks, readers are bounded in number (twice the asks in
+    /// flight: each answer can be read live and resumed) and in rate (the asks per minute).
+    fn check_resume(&mut self) -> Result<(), FrameError> {
+        let readers = self.state.config.ws_max_in_flight.saturating_mul(2);
+        if self.followers.len() >= readers {
+            return Err(FrameError {
+                code: ErrorCode::TooManyInFlight,
+                message: format!("at most {readers} answers read at a time on one connection"),
+                retry_after: None,
+            });
+        }
+        let per_minute = self.state.config.asks_per_minute;
+        let now = Instant::now();
+        while self
+            .resumes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            self.resumes.pop_front();
+        }
+        if self.resumes.len() >= per_minute as usize {
+            let oldest = self.resumes.front().copied().unwrap_or(now);
+            let wait = Duration::from_secs(60).saturating_sub(now.duration_since(oldest));
+            let retry_after_secs = wait.as_secs().max(1);
+            return Err(ApiError::RateLimited {
+                message: format!("at most {per_minute} resumes per minute"),
+                retry_after_secs,
+            }
+            .into());
+        }
+        self.resumes.push_back(now);
+        Ok(())
     }
 
     /// Starts an answer: limits, then a task that stores the question and generates.

@@ -260,6 +260,12 @@ async fn prune_auth_leftovers(
             ),
         ),
         (
+            "rate_limits",
+            "DELETE FROM rate_limits WHERE ctid IN ( \
+               SELECT ctid FROM rate_limits WHERE window_end < now() LIMIT $1)"
+                .to_owned(),
+        ),
+        (
             "refresh_tokens",
             format!(
                 "DELETE FROM refresh_tokens WHERE id IN ( \
