@@ -16,4 +16,4 @@ eval:
 	scripts/run.sh eval
 
 bench:
-	bash -c 'source scripts/setup.sh && cargo run -p server --example load'
+	bash -c 'source scripts/setup.sh && cargo run -p server --example load && cargo run -p server --example flood'

@@ -560,9 +560,11 @@ async fn main() {
     config.admin_username = None;
     config.admin_password = None;
     config.cors_origins = Vec::new();
-    // The per-user ask limit (20/min) would answer most asks with rate_limited; raised so the
-    // benchmark measures answering. Everything else is the default configuration.
+    // The per-user ask limit (20/min) would answer most asks with rate_limited, and the socket
+    // cap (16 per user) would refuse most sockets: raised so the benchmark measures answering.
+    // Everything else is the default configuration.
     config.asks_per_minute = 1_000_000;
+    config.ws_max_sockets_per_user = 100_000;
 
     println!(
         "load benchmark: {} questions from eval/questions.json, {} cores, profile {}",

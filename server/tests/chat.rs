@@ -852,7 +852,12 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_cleaned_up() {
 
 #[tokio::test]
 async fn two_hundred_sockets_asking_at_once_all_get_their_answers() {
-    let app = spawn_app_with(|c| c.asks_per_minute = 1000).await;
+    // One user's 200 sockets: the per-user socket cap is lifted for this load.
+    let app = spawn_app_with(|c| {
+        c.asks_per_minute = 1000;
+        c.ws_max_sockets_per_user = 200;
+    })
+    .await;
     let tokens = app.user_tokens("alice").await;
     let app = Arc::new(app);
     let mut tasks = Vec::new();
