@@ -86,9 +86,8 @@ async fn spawn_fake_model() -> String {
     format!("http://{addr}")
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn next_json(ws: &mut Ws) -> Value {
     loop {
@@ -117,7 +116,9 @@ async fn stream_delays(base: &str, token: &str) -> Vec<f64> {
     let mut delays = Vec::new();
     for q in 0..QUESTIONS {
         let ask = json!({"type":"ask","id":format!("q{q}"),"message":"Can I return an item?","conversation_id":null});
-        ws.send(Message::Text(ask.to_string().into())).await.unwrap();
+        ws.send(Message::Text(ask.to_string().into()))
+            .await
+            .unwrap();
         let mut last: Option<Instant> = None;
         loop {
             let frame = next_json(&mut ws).await;
