@@ -9,3 +9,6 @@ CREATE TABLE rate_limits (
     PRIMARY KEY (key, window_end)
 );
 CREATE INDEX rate_limits_window_end_idx ON rate_limits (window_end);
+
+-- Login failures are counted in rate_limits now (per username and address, and per address).
+DROP TABLE login_failures;

@@ -1210,13 +1210,14 @@ fn assert_each_sent_once(smtp: &SmtpServer, expected: impl Iterator<Item = Strin
 }
 
 #[tokio::test]
-async fn cleanup_prunes_old_failed_logins_and_long_expired_refresh_tokens() {
+async fn cleanup_prunes_ended_throttle_windows_and_long_expired_refresh_tokens() {
     let app = spawn_app().await;
     let db = app.db().await;
     let user = insert_user(&db, "leftovers").await;
     db.batch_execute(
-        "INSERT INTO login_failures (key, failed_at) VALUES \
-           ('user:old', now() - interval '2 days'), ('user:recent', now() - interval '1 hour')",
+        "INSERT INTO rate_limits (key, window_end, hits) VALUES \
+           ('login:ip:old', now() - interval '1 second', 9), \
+           ('login:ip:current', now() + interval '5 minutes', 3)",
     )
     .await
     .unwrap();
@@ -1239,13 +1240,13 @@ async fn cleanup_prunes_old_failed_logins_and_long_expired_refresh_tokens() {
     assert!(run.error.is_none(), "{:?}", run.error);
 
     let keys: Vec<String> = db
-        .query("SELECT key FROM login_failures", &[])
+        .query("SELECT key FROM rate_limits", &[])
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(keys, vec!["user:recent".to_owned()]);
+    assert_eq!(keys, vec!["login:ip:current".to_owned()]);
     let hashes: Vec<String> = db
         .query("SELECT encode(token_hash, 'hex') FROM refresh_tokens", &[])
         .await

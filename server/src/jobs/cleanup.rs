@@ -237,28 +237,20 @@ async fn delete_in_batches(
     Ok(())
 }
 
-/// How long failed logins and expired refresh tokens are kept. Lockout windows are minutes,
-/// and an expired refresh token is refused by its own `exp` before its row is read, so a day is
-/// generous; keeping a little lets an operator look at a recent attack.
+/// How long expired refresh tokens are kept: an expired refresh token is refused by its own
+/// `exp` before its row is read, so a day is generous; keeping a little lets an operator look
+/// at a recent attack.
 const AUTH_LEFTOVERS_KEPT: &str = "1 day";
 
-/// Deletes what authentication leaves behind and never reads again: failed-login rows past any
-/// lockout window (rows for one key are otherwise pruned only when that key fails again) and
-/// refresh tokens long expired (login prunes them only for the user logging in). Same batching
+/// Deletes what authentication leaves behind and never reads again: throttle counters whose
+/// window has ended (sign-ups, login failures) and refresh tokens long expired (login prunes
+/// them only for the user logging in). Same batching
 /// as the history, so the tables are never locked for long.
 async fn prune_auth_leftovers(
     client: &tokio_postgres::Client,
     cancel: &CancellationToken,
 ) -> Result<(), tokio_postgres::Error> {
     let statements = [
-        (
-            "login_failures",
-            format!(
-                "DELETE FROM login_failures WHERE ctid IN ( \
-                   SELECT ctid FROM login_failures \
-                   WHERE failed_at < now() - interval '{AUTH_LEFTOVERS_KEPT}' LIMIT $1)"
-            ),
-        ),
         (
             "rate_limits",
             "DELETE FROM rate_limits WHERE ctid IN ( \
