@@ -162,14 +162,6 @@ async fn events(admin: AdminUser, State(state): State<AppState>, ws: WebSocketUp
 /// How often an open event socket re-reads its admin's role.
 const ROLE_RECHECK: Duration = Duration::from_secs(60);
 
-/// When `user`'s token expires, on the tokio clock.
-fn expiry_of(user: &AuthUser) -> Instant {
-    let left = user
-        .expires_at
-        .saturating_sub(chrono::Utc::now().timestamp());
-    Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
-}
-
 /// Whether `user_id` still holds the admin role; a database failure counts as yes (the socket
 /// is re-checked a minute later).
 async fn still_admin(state: &AppState, user_id: uuid::Uuid) -> bool {
@@ -205,7 +197,7 @@ async fn stream_events(mut socket: WebSocket, state: AppState, mut admin: AuthUs
     {
         return;
     }
-    let expiry = tokio::time::sleep_until(expiry_of(&admin));
+    let expiry = tokio::time::sleep_until(admin.expiry());
     tokio::pin!(expiry);
     let mut recheck = tokio::time::interval_at(Instant::now() + ROLE_RECHECK, ROLE_RECHECK);
     loop {
@@ -234,7 +226,7 @@ async fn stream_events(mut socket: WebSocket, state: AppState, mut admin: AuthUs
                                 return close(socket, CLOSE_UNAUTHENTICATED, "no longer an admin")
                                     .await;
                             }
-                            expiry.as_mut().reset(expiry_of(&user));
+                            expiry.as_mut().reset(user.expiry());
                             admin = user;
                         }
                         Err(ApiError::TokenExpired) => {

@@ -42,6 +42,17 @@ pub struct AuthUser {
     pub expires_at: i64,
 }
 
+impl AuthUser {
+    /// When the access token expires, on the tokio clock (sockets close then unless renewed).
+    pub fn expiry(&self) -> tokio::time::Instant {
+        let left = self
+            .expires_at
+            .saturating_sub(chrono::Utc::now().timestamp());
+        tokio::time::Instant::now()
+            + std::time::Duration::from_secs(u64::try_from(left).unwrap_or(0))
+    }
+}
+
 /// The token of an `Authorization: Bearer ...` header (the scheme name is case-insensitive).
 pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
     let value = headers

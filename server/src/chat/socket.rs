@@ -176,14 +176,6 @@ fn parse_frame(text: &str, max_bytes: usize) -> Result<ClientFrame, ApiError> {
     serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("bad frame: {e}")))
 }
 
-/// When the token expires, on the tokio clock.
-fn deadline_of(user: &AuthUser) -> Instant {
-    let left = user
-        .expires_at
-        .saturating_sub(chrono::Utc::now().timestamp());
-    Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
-}
-
 /// Waits for a valid `auth` frame; `None` if the socket should just end (it has been closed).
 async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Option<AuthUser> {
     let deadline = Instant::now() + Duration::from_secs(state.config.ws_auth_timeout_secs);
@@ -306,7 +298,7 @@ async fn serve(mut socket: WebSocket, state: AppState, auth: Auth, peer: Peer) {
     let patience = ping_period * 2;
     let writer = tokio::spawn(write_loop(sink, queue, patience));
     let connection = Connection {
-        deadline: deadline_of(&user),
+        deadline: user.expiry(),
         user,
         session,
         out,
@@ -476,7 +468,7 @@ impl Connection {
             }
             ClientFrame::Auth { token } => match self.state.tokens.verify_access(&token) {
                 Ok(user) if user.id == self.user.id => {
-                    let deadline = deadline_of(&user);
+                    let deadline = user.expiry();
                     self.user = user;
                     return Some(deadline);
                 }
