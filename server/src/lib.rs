@@ -16,6 +16,7 @@
 //! - [`jobs`]: the scheduled history cleanup and the welcome-mail outbox.
 //! - [`cluster`]: what instances share through PostgreSQL: live sessions, LISTEN/NOTIFY events.
 //! - [`telemetry`]: logging and metrics.
+//! - [`web`]: the browser chat page at `/` and its assets, with the page security headers.
 
 pub mod admin;
 pub mod answer;
@@ -33,3 +34,4 @@ pub mod rag;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod web;
