@@ -763,6 +763,7 @@ function startChat() {
   $("toggle-list").hidden = false;
   notice("Connecting…");
   chat.attempts = 0;
+  updateControls();
   newConversation();
   loadConversations();
   connect();

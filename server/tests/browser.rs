@@ -35,7 +35,7 @@ fn chunk(content: Option<&str>, finish: Option<&str>) -> String {
 }
 
 /// `POST /v1/chat/completions`, streaming: a question with "slowly" gets `w0 w1 ...` slowly,
-/// any other the quick answer in small pieces.
+/// one with "(fail)" a 400 error, any other the quick answer in small pieces.
 async fn fake_completions(body: String) -> Response {
     let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let last = request["messages"]
@@ -44,6 +44,15 @@ async fn fake_completions(body: String) -> Response {
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default()
         .to_owned();
+    if last.contains("(fail)") {
+        return Response::builder()
+            .status(400)
+            .header("content-type", "application/json")
+            .body(Body::from(
+                r#"{"error":{"message":"bad model","type":"invalid_request_error","param":null,"code":null}}"#,
+            ))
+            .expect("an error response");
+    }
     let (pieces, pause): (Vec<String>, Duration) = if last.contains("slowly") {
         let words = (0..SLOW_WORDS).map(|i| format!("w{i} ")).collect();
         (words, SLOW_PAUSE)
@@ -111,6 +120,8 @@ async fn the_page_works_end_to_end_in_headless_chromium() {
         c.provider_timeout_secs = 30;
         // Short-lived access tokens, so the page renews one in-band during the test.
         c.access_token_ttl_secs = 20;
+        // Low enough that the page's quick asks at the end meet the limit within a minute.
+        c.asks_per_minute = 8;
     })
     .await;
 

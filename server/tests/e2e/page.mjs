@@ -268,6 +268,33 @@ try {
   await page.setViewportSize({ width: 1100, height: 760 });
   ok(`screenshots in ${shots}`);
 
+  // --- a provider failure and a rate limit are explained -----------------------------------
+  const settled = () =>
+    page.waitForFunction(() => {
+      const last = [...document.querySelectorAll("#log .msg.bot")].pop();
+      return !last.classList.contains("streaming") && last.querySelector(".feedback, .note.bad");
+    });
+  await page.fill("#question", "How long do refunds take? (fail)");
+  await page.click("#send");
+  await settled();
+  const failure = await lastBot().locator(".note.bad").first().textContent();
+  check(/answering service is unavailable/.test(failure), `a provider failure reads clearly: ${failure}`);
+  await page.waitForFunction(() => !document.getElementById("send").disabled);
+  ok("a provider failure is explained and the page stays usable");
+  // At most 8 asks a minute: some of these quick asks must be refused, with the retry time.
+  let limited = null;
+  for (let i = 0; i < 10 && !limited; i++) {
+    await page.fill("#question", "How long do refunds take?");
+    await page.click("#send");
+    await settled();
+    const note = lastBot().locator(".note.bad");
+    if ((await note.count()) > 0) limited = await note.first().textContent();
+  }
+  check(/^Too many requests\. Try again in \d+ s\.$/.test(limited), `a rate limit names the retry time: ${limited}`);
+  check(await page.locator("#send").isDisabled(), "Send waits out the rate limit");
+  check(/^Wait \d+ s$/.test(await page.locator("#send").textContent()), "Send counts down");
+  ok("a rate limit is explained with its retry time");
+
   // --- delete, with a confirmation ----------------------------------------------------------
   page.once("dialog", (dialog) => dialog.dismiss());
   await page.locator("#conversations li", { hasText: "shipping" }).locator(".delete").click();
