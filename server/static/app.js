@@ -79,7 +79,7 @@ function explain(code, message, retryAfter) {
     case "internal":
       return "Something went wrong on the server. Please try again.";
     case "network":
-      return "Can't reach the server. Check your connection; retrying.";
+      return "Can't reach the server. Check your connection and try again.";
     default:
       return message || "Something went wrong.";
   }
@@ -297,7 +297,10 @@ async function deleteConversation(c) {
 }
 
 function newConversation() {
-  if (chat.current) return;
+  if (chat.current) {
+    notice("Wait for the answer to finish (or stop it) before starting a new conversation.");
+    return;
+  }
   chat.conversationId = null;
   chat.olderBefore = null;
   $("log").replaceChildren();
