@@ -649,9 +649,11 @@ function onError(frame) {
     else setTimeout(() => chat.current === current && finishCurrent(), 3_000);
     return;
   }
-  // A frame-level error with no ask id: maybe the answer to a feedback frame.
+  // A frame-level error with no ask id: maybe the answer to a feedback frame (a server without
+  // feedback calls the frame type unknown: bad_request).
+  const why = frame.code === "bad_request" ? "this server does not accept feedback." : text;
   for (const id of pendingFeedback.keys()) {
-    if (feedbackAnswered(id, `Feedback not saved: ${text}`)) return;
+    if (feedbackAnswered(id, `Feedback not saved: ${why}`)) return;
   }
   notice(text, true);
 }

@@ -3,7 +3,8 @@
 // with a fake model provider (answers with "slowly" in the question stream slowly).
 // Exits 0 when every step passed; prints one line per step.
 //
-// SCREENSHOTS_DIR: where the phone and desktop screenshots go (default: a temporary folder).
+// SCREENSHOTS_DIR: where the phone and desktop screenshots go (default: a temporary folder,
+// removed at the end).
 
 import { chromium } from "playwright-core";
 import fs from "node:fs";
@@ -160,7 +161,12 @@ try {
   const feedback = sent("feedback");
   check(feedback.length === 1 && feedback[0].frame.rating === "up" && feedback[0].frame.message_id, "a feedback frame");
   check((await first.getByRole("button", { name: "Helpful", exact: true }).getAttribute("aria-pressed")) === "true", "the rating shows as pressed");
-  ok("feedback sends the feedback frame");
+  // The server answers: `feedback_ack` where it takes feedback, an `error` frame where not.
+  const said = first.locator(".feedback [role=status]");
+  await page.waitForFunction((node) => node && !/^(Sending…)?$/.test(node.textContent), await said.elementHandle());
+  const answer = await said.textContent();
+  check(/^(Thanks for your feedback\.|Feedback not saved: .+)$/.test(answer), `the page shows the server's answer: ${answer}`);
+  ok(`feedback sends the feedback frame and shows the answer (${answer})`);
 
   // --- stop an answer -----------------------------------------------------------------------
   await page.fill("#question", "Tell me slowly about refunds");
@@ -266,7 +272,7 @@ try {
   await page.keyboard.press("Escape");
   await page.locator("#sidebar").waitFor({ state: "hidden" });
   await page.setViewportSize({ width: 1100, height: 760 });
-  ok(`screenshots in ${shots}`);
+  ok(`screenshots taken${process.env.SCREENSHOTS_DIR ? ` into ${shots}` : ""}`);
 
   // --- a provider failure and a rate limit are explained -----------------------------------
   const settled = () =>
@@ -332,4 +338,5 @@ try {
   clearTimeout(overall);
   await context.close().catch(() => {});
   fs.rmSync(profile, { recursive: true, force: true });
+  if (!process.env.SCREENSHOTS_DIR) fs.rmSync(shots, { recursive: true, force: true });
 }
