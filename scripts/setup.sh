@@ -9,6 +9,7 @@
 #      PostgreSQL cluster (data under .pgdata/, port 54329 or the next free one);
 #   4. exports DATABASE_URL (the app's database) and TEST_DATABASE_URL (where tests create
 #      their throw-away databases), and a build cache outside the checkout.
+#   5. installs Debian's chromium and playwright-core (npm ci) for the browser test.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -112,3 +113,22 @@ fi
 # --- 4. build cache ---------------------------------------------------------------------
 # Outside the checkout, so fresh clones (CI) reuse what earlier builds compiled.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/support-chat/target}"
+
+# --- 5. the browser test ----------------------------------------------------------------
+# server/tests/browser.rs drives the chat page in Debian's headless Chromium through
+# playwright-core (pinned in server/tests/e2e/package-lock.json; it downloads no browser).
+browser_pkgs=()
+dpkg -s chromium >/dev/null 2>&1 || browser_pkgs+=(chromium)
+command -v node >/dev/null 2>&1 || browser_pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || browser_pkgs+=(npm)
+if [ ${#browser_pkgs[@]} -gt 0 ]; then
+  say "installing ${browser_pkgs[*]} for the browser test (once)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${browser_pkgs[@]}" >/dev/null
+fi
+E2E_DIR="$ROOT/server/tests/e2e"
+if [ ! -f "$E2E_DIR/node_modules/.package-lock.json" ] ||
+  [ "$E2E_DIR/package-lock.json" -nt "$E2E_DIR/node_modules/.package-lock.json" ]; then
+  say "installing playwright-core for the browser test (npm ci, once)"
+  (cd "$E2E_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi

@@ -52,7 +52,7 @@ pub fn router(state: AppState) -> Router {
 
     let cors = cors_layer(&state.config.cors_origins);
     Router::new()
-        .route("/", get(index_page))
+        .merge(crate::web::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -191,11 +191,6 @@ async fn security_headers(
         }
     }
     response
-}
-
-/// The browser chat page: sign up or log in, ask, watch the answer stream, see its sources.
-async fn index_page() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("../static/index.html"))
 }
 
 /// The process is up.

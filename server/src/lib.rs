@@ -19,6 +19,7 @@
 //! - [`client_ip`]: the client address behind trusted proxies, as per-address limits count it.
 //! - [`throttle`]: fixed-window counters in PostgreSQL (sign-ups, login failures), shared by
 //!   every instance.
+//! - [`web`]: the browser chat page at `/` and its assets, with the page security headers.
 
 pub mod admin;
 pub mod answer;
@@ -38,3 +39,4 @@ pub mod startup;
 pub mod state;
 pub mod telemetry;
 pub mod throttle;
+pub mod web;
