@@ -119,6 +119,10 @@ pub struct HistoryItem {
     pub sources: Vec<Source>,
     pub asked_at: DateTime<Utc>,
     pub answered_at: Option<DateTime<Utc>>,
+    /// With `status: error`: why, as a stable error code (e.g. `interrupted` when the server
+    /// answering it stopped, `provider_unavailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
 }
 
 /// A keyset page: pass `next_before` as `before` to get the next (older) page.
@@ -161,4 +165,7 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     pub created_at: DateTime<Utc>,
+    /// With `status: error`: why, as a stable error code (e.g. `interrupted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
 }
