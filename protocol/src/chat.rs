@@ -8,6 +8,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatRequest {
+    /// The question: not blank, at most `MAX_QUESTION_CHARS` (2000) characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = r"\S"))]
     pub message: String,
     #[serde(default)]
     pub conversation_id: Option<Uuid>,
@@ -146,6 +148,8 @@ pub struct Conversation {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// Not `Role` in the OpenAPI description: the account role (user/admin) has that name.
+#[cfg_attr(feature = "openapi", schema(as = MessageRole))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     User,
