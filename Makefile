@@ -17,3 +17,8 @@ eval:
 
 bench:
 	bash -c 'source scripts/setup.sh && cargo run -p server --example load && cargo run -p server --example flood'
+
+# Fuzzes the API with schemathesis against its own OpenAPI description (scripts/fuzz.sh).
+.PHONY: fuzz
+fuzz:
+	scripts/fuzz.sh

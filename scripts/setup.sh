@@ -20,7 +20,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # --- 1. system packages -----------------------------------------------------------------
 need_pkgs=()
-for pkg in build-essential cmake pkg-config libopenblas-dev liblapack-dev python3 python3-pip postgresql; do
+for pkg in build-essential cmake pkg-config libopenblas-dev liblapack-dev python3 python3-pip postgresql openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

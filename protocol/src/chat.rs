@@ -8,6 +8,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatRequest {
+    /// The question: not blank, at most `MAX_QUESTION_CHARS` (2000) characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = r"\S"))]
     pub message: String,
     #[serde(default)]
     pub conversation_id: Option<Uuid>,
@@ -119,6 +121,10 @@ pub struct HistoryItem {
     pub sources: Vec<Source>,
     pub asked_at: DateTime<Utc>,
     pub answered_at: Option<DateTime<Utc>>,
+    /// With `status: error`: why, as a stable error code (e.g. `interrupted` when the server
+    /// answering it stopped, `provider_unavailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
 }
 
 /// A keyset page: pass `next_before` as `before` to get the next (older) page.
@@ -142,6 +148,8 @@ pub struct Conversation {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// Not `Role` in the OpenAPI description: the account role (user/admin) has that name.
+#[cfg_attr(feature = "openapi", schema(as = MessageRole))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     User,
@@ -161,4 +169,7 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     pub created_at: DateTime<Utc>,
+    /// With `status: error`: why, as a stable error code (e.g. `interrupted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
 }

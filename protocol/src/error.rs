@@ -37,6 +37,8 @@ pub enum ErrorCode {
     /// Service starting up or dependency unreachable.
     Unavailable,
     Internal,
+    /// The server generating an answer stopped before it ended (stored answers only).
+    Interrupted,
 }
 
 impl ErrorCode {
@@ -59,6 +61,7 @@ impl ErrorCode {
             Self::ContentBlocked => "content_blocked",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::Interrupted => "interrupted",
         }
     }
 }

@@ -35,7 +35,7 @@ use futures::StreamExt;
 use protocol::admin::{AdminEvent, SessionInfo};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
@@ -661,7 +661,8 @@ async fn listen(
     reload: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(500);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+    let mut backoff = FIRST_BACKOFF;
     let mut connected_before = false;
     while !shutdown.is_cancelled() {
         let inbox = Inbox {
@@ -669,9 +670,22 @@ async fn listen(
             events: events.clone(),
             reload: Arc::clone(&reload),
         };
-        match listen_once(&database_url, inbox, &shutdown, &mut connected_before).await {
+        let mut listening = false;
+        match listen_once(
+            &database_url,
+            inbox,
+            &shutdown,
+            &mut connected_before,
+            &mut listening,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(e) => {
+                // A connection that worked starts the next outage's backoff from the beginning.
+                if listening {
+                    backoff = FIRST_BACKOFF;
+                }
                 tracing::warn!(error = %e, "cluster: LISTEN connection lost; reconnecting");
                 tokio::select! {
                     () = shutdown.cancelled() => {}
@@ -717,9 +731,10 @@ async fn listen_once(
     inbox: Inbox,
     shutdown: &CancellationToken,
     connected_before: &mut bool,
+    listening: &mut bool,
 ) -> anyhow::Result<()> {
     // Not `db::connect`: its connection driver discards notifications, and this one needs them.
-    let (client, mut connection) = tokio_postgres::connect(database_url, NoTls).await?;
+    let (client, mut connection) = crate::db::connect_raw(database_url).await?;
     let reload = Arc::clone(&inbox.reload);
     // Drives the connection and delivers notifications (neither step blocks); aborted with this
     // function so it never outlives the listener.
@@ -738,6 +753,7 @@ async fn listen_once(
         reload.notify_one();
     }
     *connected_before = true;
+    *listening = true;
     tokio::select! {
         () = shutdown.cancelled() => Ok(()),
         ended = &mut driver => match ended {

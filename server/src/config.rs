@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -271,6 +270,29 @@ pub struct Config {
         default_value = "Northwind Support <support@northwind.example>"
     )]
     pub mail_from: String,
+
+    // --- database faults ---
+    /// Seconds the final write of an answer (complete, cancelled or failed) keeps being retried,
+    /// with backoff, while the database is unreachable; the client gets its `done` meanwhile.
+    /// Past it the answer is logged with its message id and counted as lost.
+    #[arg(long, env = "ANSWER_WRITE_RETRY_SECS", default_value_t = 600)]
+    pub answer_write_retry_secs: u64,
+    /// Seconds to wait for a new database connection (TCP connect, TLS handshake, login).
+    #[arg(long, env = "DB_CONNECT_TIMEOUT_SECS", default_value_t = 5)]
+    pub db_connect_timeout_secs: u64,
+    /// Seconds a request waits for a pooled database connection before answering 503.
+    #[arg(long, env = "DB_POOL_WAIT_SECS", default_value_t = 5)]
+    pub db_pool_wait_secs: u64,
+    /// Server-side statement timeout of pooled connections, in seconds (0: none).
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_SECS", default_value_t = 15)]
+    pub db_statement_timeout_secs: u64,
+    /// Idle seconds before TCP keepalive probes start on database connections.
+    #[arg(long, env = "DB_KEEPALIVE_SECS", default_value_t = 30)]
+    pub db_keepalive_secs: u64,
+    /// Seconds sent data may stay unacknowledged before a database connection counts as broken
+    /// (TCP_USER_TIMEOUT: a network partition fails queries instead of hanging them).
+    #[arg(long, env = "DB_TCP_USER_TIMEOUT_SECS", default_value_t = 20)]
+    pub db_tcp_user_timeout_secs: u64,
 }
 
 /// A configuration problem found at start.
@@ -306,8 +328,8 @@ impl Config {
 
     /// Checks what can be checked without I/O to other services.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        tokio_postgres::Config::from_str(&self.database_url)
-            .map_err(|e| ConfigError::DatabaseUrl(e.to_string()))?;
+        crate::db::tls::parse(&self.database_url)
+            .map_err(|e| ConfigError::DatabaseUrl(format!("{e:#}")))?;
         if let Some(secret) = &self.jwt_secret
             && secret.expose().len() < 32
         {

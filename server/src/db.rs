@@ -3,12 +3,16 @@
 //! Queries live next to the feature that owns them (`auth::store`, `chat::store`, ...), as plain
 //! functions over a `&tokio_postgres::Client` or transaction, using `prepare_cached`.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres::Socket;
+
+pub mod faults;
+pub mod tls;
+
+pub use faults::DbTimeouts;
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -20,29 +24,57 @@ const MIGRATION_LOCK_KEY: i64 = 0x5eed_c4a7_0001;
 /// A pool over `url`. Connections are opened lazily; a dead server makes `get()` fail
 /// (and `/readyz` go 503) until it is back, with no restart.
 pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
-    let pg_config = tokio_postgres::Config::from_str(url).context("parsing DATABASE_URL")?;
+    pool_with(url, max_size, &DbTimeouts::default())
+}
+
+/// A pool over `url` whose waits are bounded by `timeouts` (see [`faults`]), with TLS as the
+/// URL's `sslmode` asks (see [`tls`]).
+pub fn pool_with(url: &str, max_size: usize, timeouts: &DbTimeouts) -> anyhow::Result<Pool> {
+    let tls::DbTarget {
+        mut config, tls, ..
+    } = tls::parse(url)?;
+    timeouts.apply_transport(&mut config);
+    timeouts.apply_statement_timeout(&mut config);
     let manager = Manager::from_config(
-        pg_config,
-        NoTls,
+        config,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    // Creating a connection covers the TCP connect, the TLS handshake and authentication.
+    let create = timeouts.connect + Duration::from_secs(1);
     Pool::builder(manager)
         .max_size(max_size)
         .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(5)))
-        .create_timeout(Some(Duration::from_secs(5)))
-        .recycle_timeout(Some(Duration::from_secs(5)))
+        .wait_timeout(Some(timeouts.pool_wait))
+        .create_timeout(Some(create))
+        .recycle_timeout(Some(timeouts.pool_wait))
         .build()
         .context("building the database pool")
 }
 
+/// One connection outside the pool, with TLS as `url` asks and bounded connects, whose
+/// connection half the caller drives (e.g. to receive notifications).
+pub async fn connect_raw(
+    url: &str,
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    tokio_postgres::Connection<Socket, tls::RustlsStream<Socket>>,
+)> {
+    let tls::DbTarget {
+        mut config, tls, ..
+    } = tls::parse(url)?;
+    DbTimeouts::default().apply_transport(&mut config);
+    config
+        .connect(tls)
+        .await
+        .context("connecting to PostgreSQL")
+}
+
 /// Opens one connection outside the pool (migrations, LISTEN).
 pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let (client, connection) = connect_raw(url).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "database connection closed");
@@ -53,7 +85,7 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 
 /// Creates the database named in `url` if it does not exist, via the `postgres` database.
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
-    let config = tokio_postgres::Config::from_str(url).context("parsing DATABASE_URL")?;
+    let tls::DbTarget { config, tls, .. } = tls::parse(url)?;
     let Some(name) = config.get_dbname().map(str::to_owned) else {
         return Ok(());
     };
@@ -62,7 +94,8 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
     }
     let mut admin = config.clone();
     admin.dbname("postgres");
-    let (client, connection) = admin.connect(NoTls).await.with_context(|| {
+    DbTimeouts::default().apply_transport(&mut admin);
+    let (client, connection) = admin.connect(tls).await.with_context(|| {
         "connecting to PostgreSQL (is it running? `make run` starts one)".to_owned()
     })?;
     tokio::spawn(connection);

@@ -71,6 +71,11 @@ impl ApiError {
             Self::ContentBlocked(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // A connection that broke mid-request (outage, restart, timeout) is the database
+            // being unavailable, not a bug.
+            Self::Database(e) if crate::db::faults::is_transient(e) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,6 +95,7 @@ impl ApiError {
             Self::ProviderUnavailable(_) => ErrorCode::ProviderUnavailable,
             Self::ContentBlocked(_) => ErrorCode::ContentBlocked,
             Self::Unavailable(_) | Self::Overloaded(_) | Self::Pool(_) => ErrorCode::Unavailable,
+            Self::Database(e) if crate::db::faults::is_transient(e) => ErrorCode::Unavailable,
             Self::Database(_) | Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -108,6 +114,9 @@ impl ApiError {
     /// The body sent to clients: internals are replaced by a generic message.
     pub fn body(&self) -> ErrorBody {
         let message = match self {
+            Self::Database(e) if crate::db::faults::is_transient(e) => {
+                "the database is unavailable, try again shortly".to_owned()
+            }
             Self::Database(_) | Self::Internal(_) => "internal error".to_owned(),
             Self::Pool(_) => "the database is unavailable, try again shortly".to_owned(),
             Self::Validation(fields) => fields

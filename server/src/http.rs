@@ -25,6 +25,8 @@ use crate::state::AppState;
 )]
 struct ApiDoc;
 
+mod error_docs;
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -44,11 +46,13 @@ impl Modify for BearerAuth {
 
 /// The whole application router, state applied.
 pub fn router(state: AppState) -> Router {
-    let (api_router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (api_router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::auth::routes())
         .merge(crate::chat::routes())
         .merge(crate::admin::routes())
         .split_for_parts();
+    // After the merge, so every route's operation is there to complete.
+    error_docs::CommonErrors.modify(&mut api);
 
     let cors = cors_layer(&state.config.cors_origins);
     Router::new()

@@ -30,7 +30,11 @@ impl Application {
         config.validate()?;
         crate::db::ensure_database(&config.database_url).await?;
         crate::db::migrate(&config.database_url).await?;
-        let db = crate::db::pool(&config.database_url, config.db_pool_size)?;
+        let db = crate::db::pool_with(
+            &config.database_url,
+            config.db_pool_size,
+            &crate::db::DbTimeouts::from_config(&config),
+        )?;
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -72,6 +76,8 @@ impl Application {
             state.shutdown.clone(),
         ));
         state.tasks.spawn(crate::cluster::run(state.clone()));
+        crate::chat::orphans::start(&state).await?;
+        state.tasks.spawn(crate::chat::orphans::run(state.clone()));
 
         let listener = TcpListener::bind(state.config.bind_addr)
             .await

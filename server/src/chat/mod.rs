@@ -10,12 +10,16 @@
 //! - [`sessions`]: the live-session registry (admin view and events), the asks-per-minute limit
 //!   and the per-user resume buffers.
 //! - [`store`]: the conversation and message queries.
+//! - [`durable`]: the final write of an answer, retried through a database outage.
+//! - [`orphans`]: answers of processes that died become `interrupted`.
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::state::AppState;
 
+mod durable;
+pub mod orphans;
 pub mod pipeline;
 pub mod rest;
 pub mod sessions;

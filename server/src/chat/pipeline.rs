@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::store;
+use super::{durable, store};
 use crate::answer::{AnswerRequest, Chunk, Turn};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -218,6 +218,7 @@ pub(crate) async fn accept(
     let mut client = state.db.get().await?;
     let stored = store::store_question(
         &mut client,
+        state.cluster.instance_id(),
         user_id,
         conversation_id,
         &question,
@@ -348,15 +349,23 @@ pub(crate) async fn generate(state: AppState, accepted: Accepted, log: Arc<Answe
         error_code: failure.as_ref().map(|(code, _)| code.as_str()),
     };
     let mut finish_reason = finish_reason;
-    if let Err(e) = store_answer(&state, &record).await {
-        tracing::error!(error = ?e, "could not store an answer");
-        if failure.is_none() {
-            log.push(LogEvent::Failed {
-                code: ErrorCode::Internal,
-                message: "the answer could not be stored".into(),
-            });
+    // A database outage does not fail an answer that is complete in memory: it is reported as
+    // usual and its write retried after the `done` (see `durable`).
+    let mut deferred = false;
+    match durable::store_answer(&state, &record).await {
+        durable::FirstWrite::Stored => {}
+        durable::FirstWrite::Deferred => deferred = true,
+        durable::FirstWrite::Failed(e) => {
+            tracing::error!(error = ?e, "could not store an answer");
+            durable::lost(&record);
+            if failure.is_none() {
+                log.push(LogEvent::Failed {
+                    code: ErrorCode::Internal,
+                    message: "the answer could not be stored".into(),
+                });
+            }
+            finish_reason = FinishReason::Error;
         }
-        finish_reason = FinishReason::Error;
     }
 
     metrics::counter!("chat_answers_total", "finish_reason" => finish_reason_label(finish_reason))
@@ -371,12 +380,9 @@ pub(crate) async fn generate(state: AppState, accepted: Accepted, log: Arc<Answe
         finish_reason,
         usage,
     }));
-}
-
-async fn store_answer(state: &AppState, record: &store::AnswerRecord<'_>) -> Result<(), ApiError> {
-    let client = state.db.get().await?;
-    store::store_answer(&client, record).await?;
-    Ok(())
+    if deferred {
+        durable::retry_until_stored(&state, &record).await;
+    }
 }
 
 fn millis(d: Duration) -> i32 {

@@ -203,9 +203,11 @@ pub async fn chat_stream(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// Items per page, at most 100.
+    /// Items per page (default 20); values outside 1..=100 are clamped into it.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 4294967295_u64)]
     limit: Option<u32>,
     /// Cursor: the `next_before` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     before: Option<String>,
 }
 

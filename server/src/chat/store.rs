@@ -25,6 +25,7 @@ pub(crate) struct StoredQuestion {
 /// `history_turns` complete exchanges, and stores the question.
 pub(crate) async fn store_question(
     client: &mut deadpool_postgres::Client,
+    instance_id: Uuid,
     user_id: Uuid,
     conversation_id: Option<Uuid>,
     question: &str,
@@ -85,6 +86,13 @@ pub(crate) async fn store_question(
         &[&question_id, &conversation_id, &user_id, &question],
     )
     .await?;
+    // Names this process as the one answering, so the answer can be marked interrupted if
+    // the process dies first (see `chat::orphans`).
+    let in_flight = tx
+        .prepare_cached("INSERT INTO answers_in_flight (question_id, instance_id) VALUES ($1, $2)")
+        .await?;
+    tx.execute(&in_flight, &[&question_id, &instance_id])
+        .await?;
     tx.commit().await?;
     Ok(StoredQuestion {
         question_id,
@@ -130,7 +138,16 @@ pub(crate) async fn store_answer(
                  sources, prompt_tokens, completion_tokens, total_tokens, first_token_ms, \
                  latency_ms, error_code) \
                VALUES ($1, $2, $3, 'assistant', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-               RETURNING conversation_id) \
+               ON CONFLICT (reply_to) WHERE reply_to IS NOT NULL DO UPDATE SET \
+                 id = EXCLUDED.id, content = EXCLUDED.content, status = EXCLUDED.status, \
+                 sources = EXCLUDED.sources, prompt_tokens = EXCLUDED.prompt_tokens, \
+                 completion_tokens = EXCLUDED.completion_tokens, \
+                 total_tokens = EXCLUDED.total_tokens, first_token_ms = EXCLUDED.first_token_ms, \
+                 latency_ms = EXCLUDED.latency_ms, error_code = EXCLUDED.error_code, \
+                 created_at = now() \
+               WHERE messages.status = 'error' AND messages.error_code = 'interrupted' \
+               RETURNING conversation_id), \
+             done AS (DELETE FROM answers_in_flight WHERE question_id = $4) \
              UPDATE conversations SET updated_at = now() \
              WHERE id = (SELECT conversation_id FROM answer)",
         )
@@ -184,7 +201,7 @@ pub(crate) async fn history(
     let query = client
         .prepare_cached(
             "SELECT q.id, q.conversation_id, q.content, q.created_at, \
-                    a.content, a.status, a.sources, a.created_at \
+                    a.content, a.status, a.sources, a.created_at, a.error_code \
              FROM messages q LEFT JOIN messages a ON a.reply_to = q.id \
              WHERE q.user_id = $1 AND q.role = 'user' \
                AND ($2::uuid IS NULL OR (q.created_at, q.id) < \
@@ -206,6 +223,7 @@ pub(crate) async fn history(
                 status: status.as_deref().map_or(MessageStatus::Pending, status_of),
                 sources: sources_of(row.get(6)),
                 answered_at: row.get::<_, Option<DateTime<Utc>>>(7),
+                error_code: row.get(8),
             }
         })
         .collect())
@@ -264,7 +282,7 @@ pub(crate) async fn messages(
     let query = client
         .prepare_cached(
             "SELECT id, conversation_id, role, content, status, sources, \
-                    prompt_tokens, completion_tokens, total_tokens, created_at \
+                    prompt_tokens, completion_tokens, total_tokens, created_at, error_code \
              FROM messages \
              WHERE conversation_id = $1 AND user_id = $2 \
                AND ($3::uuid IS NULL OR (created_at, id) < \
@@ -306,6 +324,7 @@ fn message_of(row: &Row) -> Message {
         sources: sources_of(row.get(5)),
         usage,
         created_at: row.get(9),
+        error_code: row.get(10),
     }
 }
 

@@ -45,10 +45,17 @@ async fn start_scheduler(state: &AppState) -> anyhow::Result<()> {
     );
     // Admin consoles hear about scheduled runs as they do about manual ones.
     let events = state.sessions.event_sender();
+    let instance_id = state.cluster.instance_id();
+    let stale_after = std::time::Duration::from_secs(state.config.instance_stale_secs);
     let job = Job::new_async(schedule.as_str(), move |_id, _scheduler| {
         let (db, shutdown, events) = (db.clone(), shutdown.clone(), events.clone());
         // On the tracker, so a shutdown waits for (and interrupts, between batches) a run.
         tasks.spawn(async move {
+            // Answers left pending by stopped processes become `interrupted` (also done on
+            // every heartbeat; here too so a run of the schedule leaves none behind).
+            if let Err(e) = crate::chat::orphans::sweep(&db, instance_id, stale_after).await {
+                tracing::warn!(error = %e, "scheduled sweep of interrupted answers failed");
+            }
             match cleanup::run_until(&db, retention_days, CleanupTrigger::Scheduled, &shutdown)
                 .await
             {

@@ -32,7 +32,7 @@ use deadpool_postgres::Pool;
 use futures::StreamExt;
 use protocol::auth::User;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -364,11 +364,17 @@ pub async fn run_worker(
 /// Keeps a `LISTEN` connection open (reconnecting after failures) and turns notifications
 /// into wake-ups until `shutdown`.
 async fn listen(database_url: String, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(500);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+    let mut backoff = FIRST_BACKOFF;
     while !shutdown.is_cancelled() {
-        match listen_once(&database_url, &wake, &shutdown).await {
+        let mut listening = false;
+        match listen_once(&database_url, &wake, &shutdown, &mut listening).await {
             Ok(()) => return,
             Err(e) => {
+                // A connection that worked starts the next outage's backoff from the beginning.
+                if listening {
+                    backoff = FIRST_BACKOFF;
+                }
                 tracing::warn!(error = %e, "outbox: LISTEN connection lost; polling until it is back");
                 tokio::select! {
                     () = shutdown.cancelled() => {}
@@ -385,9 +391,10 @@ async fn listen_once(
     database_url: &str,
     wake: &Notify,
     shutdown: &CancellationToken,
+    listening: &mut bool,
 ) -> anyhow::Result<()> {
     // Not `db::connect`: its connection driver discards notifications, and this one needs them.
-    let (client, mut connection) = tokio_postgres::connect(database_url, NoTls).await?;
+    let (client, mut connection) = crate::db::connect_raw(database_url).await?;
     let (notified_tx, mut notified_rx) = tokio::sync::mpsc::channel::<()>(1);
     // Drives the connection; aborted with this function so it never outlives the worker.
     let mut driver = AbortOnDropHandle::new(tokio::spawn(async move {
@@ -401,6 +408,7 @@ async fn listen_once(
         Ok::<(), tokio_postgres::Error>(())
     }));
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    *listening = true;
     // Whatever was written while nobody listened is found by this first drain.
     wake.notify_one();
     loop {

@@ -14,6 +14,9 @@ use crate::config::Config;
 
 /// Attempts per call, the first included.
 pub(crate) const MAX_ATTEMPTS: u32 = 4;
+/// Attempts to open an answer stream, the first included: a storm of 429/503 is ridden out
+/// within the first-token deadline (`PROVIDER_TIMEOUT_SECS`) rather than after a fixed count.
+pub(crate) const MAX_STREAM_ATTEMPTS: u32 = 12;
 /// First backoff step; doubled per attempt, with full jitter.
 const BASE_BACKOFF: Duration = Duration::from_millis(400);
 /// Longest single wait. A provider asking for more (e.g. a per-minute quota with a 40 s
@@ -210,6 +213,7 @@ where
     Fut: Future<Output = Result<ChatStream, ProviderError>>,
 {
     let mut attempt = 0;
+    let started = std::time::Instant::now();
     loop {
         let outcome = tokio::time::timeout(first_token_timeout, async {
             let mut stream = open().await?;
@@ -248,11 +252,18 @@ where
             }
             Err(err) => {
                 attempt += 1;
-                if !err.retryable || attempt >= MAX_ATTEMPTS {
+                let wait = backoff(attempt - 1, err.retry_after);
+                // Retry while the person's wait for a first token stays within the deadline;
+                // past it they get `provider_unavailable` instead of a longer wait.
+                if !err.retryable
+                    || attempt >= MAX_STREAM_ATTEMPTS
+                    || started.elapsed() + wait >= first_token_timeout
+                {
                     return Err(err);
                 }
                 tracing::info!(attempt, "retrying the answer stream");
-                tokio::time::sleep(backoff(attempt - 1, err.retry_after)).await;
+                metrics::counter!("provider_retries_total").increment(1);
+                tokio::time::sleep(wait).await;
             }
         }
     }
