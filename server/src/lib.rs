@@ -16,6 +16,7 @@
 //! - [`jobs`]: the scheduled history cleanup and the welcome-mail outbox.
 //! - [`cluster`]: what instances share through PostgreSQL: live sessions, LISTEN/NOTIFY events.
 //! - [`telemetry`]: logging and metrics.
+//! - [`import_django`]: `chat-server import-django`, the Django prototype's users and history.
 
 pub mod admin;
 pub mod answer;
@@ -27,6 +28,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod import_django;
 pub mod jobs;
 pub mod llm;
 pub mod rag;

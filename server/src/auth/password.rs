@@ -39,6 +39,14 @@ pub async fn verify(password: String, phc: Option<String>) -> Result<bool, ApiEr
     tokio::task::spawn_blocking(move || {
         let argon2 = argon2()?;
         match phc {
+            // Imported from the Django prototype; login then replaces it with argon2id.
+            Some(phc) if super::django::is_django_hash(&phc) => Ok(super::django::verify(
+                &password, &phc,
+            )
+            .unwrap_or_else(|reason| {
+                tracing::warn!(%reason, "stored Django password hash cannot be verified");
+                false
+            })),
             Some(phc) => match argon2.verify_password(password.as_bytes(), phc.as_str()) {
                 Ok(()) => Ok(true),
                 Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),

@@ -10,17 +10,19 @@
 //! - [`sessions`]: the live-session registry (admin view and events), the asks-per-minute limit
 //!   and the per-user resume buffers.
 //! - [`store`]: the conversation and message queries.
+//! - [`compat`]: the Django prototype's history shape (`SEED_COMPAT_HISTORY`).
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::state::AppState;
 
+pub mod compat;
 pub mod pipeline;
 pub mod rest;
 pub mod sessions;
 pub mod socket;
-mod store;
+pub(crate) mod store;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
