@@ -81,7 +81,7 @@ impl Source {
             .query(
                 "SELECT id::bigint, username, COALESCE(email, ''), COALESCE(password, ''), \
                         is_staff, is_active, date_joined::timestamptz \
-                 FROM auth_user WHERE id > $1 ORDER BY id LIMIT $2",
+                 FROM auth_user WHERE id > $1::bigint ORDER BY id LIMIT $2",
                 &[&after, &limit],
             )
             .await
@@ -108,7 +108,7 @@ impl Source {
         let row = self
             .client
             .query_one(
-                "SELECT count(*) FROM chatbot_api_chathistory WHERE user_id = ANY($1)",
+                "SELECT count(*) FROM chatbot_api_chathistory WHERE user_id = ANY($1::bigint[])",
                 &[&users],
             )
             .await?;
@@ -126,7 +126,7 @@ impl Source {
             .prepare(
                 "SELECT id::bigint, user_id::bigint, COALESCE(user_message, ''), \
                         COALESCE(ai_response, ''), created_at::timestamptz \
-                 FROM chatbot_api_chathistory WHERE user_id = ANY($1) \
+                 FROM chatbot_api_chathistory WHERE user_id = ANY($1::bigint[]) \
                  ORDER BY user_id, created_at, id",
             )
             .await?;
