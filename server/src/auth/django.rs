@@ -132,6 +132,15 @@ pub fn verify(password: &str, encoded: &str) -> Result<bool, Unverifiable> {
     }
 }
 
+/// [`verify`] for a login: a hash that can never match is a mismatch, logged with its reason
+/// (never the hash).
+pub fn verify_for_login(password: &str, encoded: &str) -> bool {
+    verify(password, encoded).unwrap_or_else(|reason| {
+        tracing::warn!(%reason, "stored Django password hash cannot be verified");
+        false
+    })
+}
+
 /// `make_password(password, salt, "pbkdf2_sha256")` with an explicit iteration count: what
 /// Django stores. Used by tests and fixtures that build a Django database.
 pub fn make_pbkdf2_sha256(password: &str, salt: &str, iterations: u32) -> String {

@@ -40,13 +40,9 @@ pub async fn verify(password: String, phc: Option<String>) -> Result<bool, ApiEr
         let argon2 = argon2()?;
         match phc {
             // Imported from the Django prototype; login then replaces it with argon2id.
-            Some(phc) if super::django::is_django_hash(&phc) => Ok(super::django::verify(
-                &password, &phc,
-            )
-            .unwrap_or_else(|reason| {
-                tracing::warn!(%reason, "stored Django password hash cannot be verified");
-                false
-            })),
+            Some(phc) if super::django::is_django_hash(&phc) => {
+                Ok(super::django::verify_for_login(&password, &phc))
+            }
             Some(phc) => match argon2.verify_password(password.as_bytes(), phc.as_str()) {
                 Ok(()) => Ok(true),
                 Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
