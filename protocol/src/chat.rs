@@ -8,8 +8,10 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatRequest {
-    /// The question: not blank, at most `MAX_QUESTION_CHARS` (2000) characters.
+    /// The question: not blank, at most `MAX_QUESTION_CHARS` (2000) characters
+    /// (`user_message` is accepted too, the Django prototype's name for it).
     #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = r"\S"))]
+    #[serde(alias = "user_message")]
     pub message: String,
     #[serde(default)]
     pub conversation_id: Option<Uuid>,
@@ -105,6 +107,10 @@ pub struct ChatResponse {
     pub usage: Usage,
     /// Wall time from question to last token.
     pub latency_ms: u64,
+    /// The question as sent, under the Django prototype's name (for its clients).
+    pub user_message: String,
+    /// The same text as `answer`, under the Django prototype's name (for its clients).
+    pub ai_response: String,
 }
 
 /// One question and its answer, as `GET /api/chat-history/` lists them.
@@ -172,4 +178,19 @@ pub struct Message {
     /// With `status: error`: why, as a stable error code (e.g. `interrupted`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+}
+
+/// One exchange in the Django prototype's shape: `GET /api/chat-history/` answers a bare list
+/// of these, newest first, when the server runs with `SEED_COMPAT_HISTORY=true` and the request
+/// has neither `limit` nor `before`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CompatHistoryItem {
+    /// A number, as the prototype's clients expect (stable for the exchange).
+    pub id: i64,
+    pub user_message: String,
+    /// The answer; empty while it is still being generated or if it failed before any text.
+    pub ai_response: String,
+    /// When the question was asked.
+    pub created_at: DateTime<Utc>,
 }

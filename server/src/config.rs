@@ -36,6 +36,26 @@ pub enum Command {
         #[arg(long, default_value = "eval/questions.json")]
         questions: PathBuf,
     },
+    /// Import the Django prototype's users and chat history (idempotent; see the README).
+    ImportDjango(ImportDjangoArgs),
+}
+
+/// `chat-server import-django`: what to copy from the Django prototype's database.
+#[derive(Debug, Clone, Args)]
+pub struct ImportDjangoArgs {
+    /// PostgreSQL URL of the Django database (read only; its password is never printed).
+    #[arg(long = "from", value_name = "POSTGRES_URL")]
+    pub from: Secret,
+    /// Read and report what would be imported, writing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Give Django staff accounts (`is_staff`) the admin role; without it everyone is a user.
+    #[arg(long)]
+    pub admins: bool,
+    /// Also import history older than HISTORY_RETENTION_DAYS (the next cleanup deletes it
+    /// unless the retention is raised).
+    #[arg(long)]
+    pub keep_old: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -293,6 +313,11 @@ pub struct Config {
     /// (TCP_USER_TIMEOUT: a network partition fails queries instead of hanging them).
     #[arg(long, env = "DB_TCP_USER_TIMEOUT_SECS", default_value_t = 20)]
     pub db_tcp_user_timeout_secs: u64,
+    // --- Django prototype compatibility ---
+    /// `GET /api/chat-history/` without `limit`/`before` answers the Django prototype's bare
+    /// list `[{id, user_message, ai_response, created_at}]` (newest 100) instead of a page.
+    #[arg(long, env = "SEED_COMPAT_HISTORY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub seed_compat_history: bool,
 }
 
 /// A configuration problem found at start.

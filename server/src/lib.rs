@@ -20,6 +20,7 @@
 //! - [`throttle`]: fixed-window counters in PostgreSQL (sign-ups, login failures), shared by
 //!   every instance.
 //! - [`web`]: the browser chat page at `/` and its assets, with the page security headers.
+//! - [`import_django`]: `chat-server import-django`, the Django prototype's users and history.
 
 pub mod admin;
 pub mod answer;
@@ -32,6 +33,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod import_django;
 pub mod jobs;
 pub mod llm;
 pub mod rag;

@@ -26,5 +26,9 @@ async fn main() -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
+        Command::ImportDjango(args) => {
+            config.validate()?;
+            server::import_django::run(&config, &args).await
+        }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`tokens`]: JWT issue and verification (HS256 only, typed access/refresh tokens).
 //! - [`password`]: argon2id hashing on a fixed set of workers behind a bounded gate.
+//! - [`django`]: the Django prototype's imported hashes, verified until the next login.
 //! - [`validate`]: username, email and password rules.
 //! - [`store`]: the `users` and `refresh_tokens` tables.
 
@@ -25,6 +26,7 @@ use crate::extract::ApiJson;
 use crate::state::AppState;
 use crate::throttle;
 
+pub mod django;
 pub mod password;
 pub mod store;
 pub mod tokens;
@@ -260,6 +262,11 @@ async fn login(
         Some(c) => (Some(c.user), Some(c.password_hash)),
         None => (None, None),
     };
+    // A Django prototype hash that verifies is replaced by argon2id below.
+    let legacy = phc
+        .clone()
+        .filter(|h| django::is_django_hash(h))
+        .map(|h| (h, body.password.clone()));
     let matches = password::verify(body.password, phc).await;
 
     let client = state.db.get().await?;
@@ -286,6 +293,9 @@ async fn login(
         } else {
             throttle::undo(&client, hit).await?;
         }
+    }
+    if let Some((old_hash, password)) = legacy {
+        upgrade_legacy_hash(&client, user.id, &old_hash, password).await?;
     }
     store::prune_expired_refresh(&client, user.id).await?;
 
@@ -439,6 +449,24 @@ pub async fn bootstrap_admin(config: &Config, db: &deadpool_postgres::Pool) -> a
             }
         }
         Err(e) => return Err(anyhow::anyhow!("creating the admin account: {e}")),
+    }
+    Ok(())
+}
+
+/// Replaces an imported Django hash that just verified with an argon2id hash of the same
+/// password, so the account is off PBKDF2 (or bcrypt) after one login. The update only applies
+/// if the stored hash is still the one verified: one statement, so the swap is atomic and a
+/// concurrent login or password change is never overwritten.
+async fn upgrade_legacy_hash(
+    client: &impl deadpool_postgres::GenericClient,
+    user_id: Uuid,
+    old_hash: &str,
+    password: String,
+) -> Result<(), ApiError> {
+    let new_hash = password::hash(password).await?;
+    if store::replace_password_hash(client, user_id, old_hash, &new_hash).await? {
+        tracing::info!(%user_id, "imported password hash upgraded to argon2id");
+        metrics::counter!("auth_legacy_hash_upgrades_total").increment(1);
     }
     Ok(())
 }

@@ -235,6 +235,10 @@ pub async fn hash(password: String) -> Result<String, ApiError> {
 pub async fn verify(password: String, phc: Option<String>) -> Result<bool, ApiError> {
     gate()?
         .run(move |memory| match phc {
+            // Imported from the Django prototype; login then replaces it with argon2id.
+            Some(phc) if super::django::is_django_hash(&phc) => {
+                Ok(super::django::verify_for_login(&password, &phc))
+            }
             Some(phc) => verify_in(memory, password.as_bytes(), &phc),
             None => {
                 let _ = verify_in(memory, password.as_bytes(), DUMMY_HASH);

@@ -237,3 +237,20 @@ pub async fn role_of(db: &impl GenericClient, id: Uuid) -> Result<Option<Role>, 
         .map(|r| r.try_get::<_, &str>(0).map(role_from_db))
         .transpose()?)
 }
+
+/// Sets `user_id`'s password hash to `new_hash` if it is still `old_hash`; returns whether it
+/// changed.
+pub async fn replace_password_hash(
+    db: &impl GenericClient,
+    user_id: Uuid,
+    old_hash: &str,
+    new_hash: &str,
+) -> Result<bool, ApiError> {
+    let statement = db
+        .prepare_cached("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
+        .await?;
+    Ok(db
+        .execute(&statement, &[&user_id, &old_hash, &new_hash])
+        .await?
+        > 0)
+}

@@ -12,19 +12,21 @@
 //! - [`store`]: the conversation and message queries.
 //! - [`durable`]: the final write of an answer, retried through a database outage.
 //! - [`orphans`]: answers of processes that died become `interrupted`.
+//! - [`compat`]: the Django prototype's history shape (`SEED_COMPAT_HISTORY`).
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::state::AppState;
 
+pub mod compat;
 mod durable;
 pub mod orphans;
 pub mod pipeline;
 pub mod rest;
 pub mod sessions;
 pub mod socket;
-mod store;
+pub(crate) mod store;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

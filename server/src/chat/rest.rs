@@ -10,15 +10,13 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use protocol::chat::{
-    ChatRequest, ChatResponse, Conversation, Done, FinishReason, HistoryItem, Message, Page,
-};
+use protocol::chat::{ChatRequest, ChatResponse, Conversation, Done, FinishReason, Message, Page};
 use protocol::error::{ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::pipeline::{self, AnswerLog, LogCursor, LogEvent};
-use super::store;
+use super::{compat, store};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery};
@@ -75,6 +73,7 @@ pub async fn chat(
     ApiJson(request): ApiJson<ChatRequest>,
 ) -> ApiResult<Json<ChatResponse>> {
     let started = std::time::Instant::now();
+    let user_message = request.message.clone();
     let log = start(&state, &user, request).await?;
     let mut cursor = log.follow();
     let mut answer = String::new();
@@ -92,6 +91,8 @@ pub async fn chat(
                     return Err(failure(code, message));
                 }
                 return Ok(Json(ChatResponse {
+                    ai_response: answer.clone(),
+                    user_message,
                     answer,
                     sources,
                     conversation_id: done.conversation_id,
@@ -236,21 +237,34 @@ impl PageQuery {
     }
 }
 
-/// The caller's past questions and answers, newest first.
+/// The caller's past questions and answers, newest first: `{items, next_before}` pages.
+///
+/// With `SEED_COMPAT_HISTORY=true`, a request with neither `limit` nor `before` answers the
+/// Django prototype's bare list of `{id, user_message, ai_response, created_at}` instead (the
+/// newest 100 exchanges), for the prototype's clients.
 #[utoipa::path(
     get, path = "/api/chat-history/", tag = "chat",
     params(PageQuery),
     security(("bearer" = [])),
-    responses((status = 200, body = Page<HistoryItem>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody))
+    responses(
+        (status = 200, description = "A page `{items, next_before}`; or, with SEED_COMPAT_HISTORY=true and no `limit`/`before`, the Django prototype's bare list (newest 100)", body = compat::HistoryResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    )
 )]
 pub async fn chat_history(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(query): ApiQuery<PageQuery>,
-) -> ApiResult<Json<Page<HistoryItem>>> {
+) -> ApiResult<Json<compat::HistoryResponse>> {
     let client = state.db.get().await?;
+    if state.config.seed_compat_history && query.limit.is_none() && query.before.is_none() {
+        let items = compat::history(&client, user.id).await?;
+        return Ok(Json(compat::HistoryResponse::Compat(items)));
+    }
     let items = store::history(&client, user.id, query.before()?, query.limit()).await?;
-    Ok(Json(query.page(items, |i| i.id)))
+    Ok(Json(compat::HistoryResponse::Page(
+        query.page(items, |i| i.id),
+    )))
 }
 
 /// The caller's conversations, newest first.

@@ -101,7 +101,7 @@ pub(crate) async fn store_question(
     })
 }
 
-fn title_of(question: &str) -> String {
+pub(crate) fn title_of(question: &str) -> String {
     let question = question.split_whitespace().collect::<Vec<_>>().join(" ");
     if question.chars().count() <= TITLE_CHARS {
         return question;
