@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::response::Response;
 use protocol::ErrorBody;
 use protocol::admin::{AdminEvent, CleanupRun, CleanupTrigger, KbInfo, SessionInfo, Stats};
@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use crate::auth::{AdminUser, AuthUser};
 use crate::cluster;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiQuery;
+use crate::extract::{ApiQuery, ApiWebSocket};
 use crate::jobs::cleanup;
 use crate::rag::RagError;
 use crate::state::AppState;
@@ -155,7 +155,11 @@ async fn stats(_admin: AdminUser, State(state): State<AppState>) -> ApiResult<Js
 /// The socket lives no longer than its token: it closes with 4001 when the token expires
 /// unrenewed. The console renews it with `{"type":"auth","token":...}` frames; each renewal, and
 /// a check every minute, confirms the admin role in the database (4003 once it is gone).
-async fn events(admin: AdminUser, State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+async fn events(
+    admin: AdminUser,
+    State(state): State<AppState>,
+    ApiWebSocket(ws): ApiWebSocket,
+) -> Response {
     ws.on_upgrade(move |socket| stream_events(socket, state, admin.0))
 }
 

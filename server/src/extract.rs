@@ -1,6 +1,7 @@
 //! Request extractors whose rejections use the API's JSON error body.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 
@@ -48,6 +49,33 @@ impl From<QueryRejection> for ApiError {
         ApiError::BadRequest(format!(
             "bad query string: {}",
             serde_error_text(&rejection.body_text())
+        ))
+    }
+}
+
+/// `axum`'s `WebSocketUpgrade` with rejections (a plain GET, a missing `Upgrade` header)
+/// answered with the API's JSON error body instead of plain text.
+pub struct ApiWebSocket(pub axum::extract::ws::WebSocketUpgrade);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiWebSocket {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::ws::WebSocketUpgrade::from_request_parts(parts, state)
+            .await
+            .map(Self)
+            .map_err(ApiError::from)
+    }
+}
+
+impl From<WebSocketUpgradeRejection> for ApiError {
+    fn from(rejection: WebSocketUpgradeRejection) -> Self {
+        ApiError::BadRequest(format!(
+            "this route is a WebSocket: {}",
+            rejection.body_text()
         ))
     }
 }

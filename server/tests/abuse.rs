@@ -556,3 +556,24 @@ async fn cors_star_means_any_origin_and_a_bad_origin_stops_the_start() {
         .expect("a bad origin is refused");
     assert!(error.to_string().contains("CORS_ORIGINS"), "{error}");
 }
+
+#[tokio::test]
+async fn a_plain_get_of_a_socket_route_gets_the_json_error() {
+    let app = spawn_app_with(|_| {}).await;
+    for path in ["/ws/chat", "/api/admin/events"] {
+        let response = app.get(path).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("a JSON error body");
+        // The admin route checks the token first.
+        let expected = if path == "/ws/chat" {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        } else {
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        };
+        assert_eq!(
+            (status, body["error"]["code"].as_str().unwrap()),
+            expected,
+            "{path}: {body}"
+        );
+    }
+}

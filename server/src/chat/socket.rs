@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +37,7 @@ use super::sessions::{SessionGuard, SessionRegistry, Unauthenticated};
 use super::store;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
+use crate::extract::ApiWebSocket;
 use crate::state::AppState;
 
 /// Frames waiting for the writer, per connection. Deltas are small, so this is a few hundred
@@ -74,7 +75,7 @@ pub async fn chat_socket(
     State(state): State<AppState>,
     connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    ApiWebSocket(upgrade): ApiWebSocket,
 ) -> Response {
     let auth = match headers.get(header::AUTHORIZATION) {
         None => match state
