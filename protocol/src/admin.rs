@@ -20,6 +20,26 @@ pub struct SessionInfo {
     pub answering: u32,
 }
 
+/// One live session with the user's latest questions and answers (an answer still being
+/// written shows as `pending`, with the text so far once stored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionDetail {
+    pub session: SessionInfo,
+    /// Newest first.
+    pub recent: Vec<crate::chat::HistoryItem>,
+}
+
+/// `POST /api/admin/sessions/{id}/disconnect`: the reason the user's socket is told.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DisconnectRequest {
+    /// At most 120 bytes reach the client (a close frame's limit); default "disconnected by an
+    /// administrator".
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// A document that failed to load, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -73,6 +73,8 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Close code sent when no valid `auth` frame arrived in time, or the token is not valid (or,
 /// on the admin event socket, no longer carries the admin role).
 pub const CLOSE_UNAUTHENTICATED: u16 = 4003;
+/// Close code sent when an administrator disconnects the session; the close reason says why.
+pub const CLOSE_DISCONNECTED: u16 = 4010;
 /// Close code sent when the user already holds as many sockets as allowed.
 pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4029;
 

@@ -2,13 +2,17 @@
 //! Every route needs a caller whose admin role is confirmed in the database ([`AdminUser`]).
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::response::Response;
 use protocol::ErrorBody;
-use protocol::admin::{AdminEvent, CleanupRun, CleanupTrigger, KbInfo, SessionInfo, Stats};
+use protocol::admin::{
+    AdminEvent, CleanupRun, CleanupTrigger, DisconnectRequest, KbInfo, SessionDetail, SessionInfo,
+    Stats,
+};
 use protocol::auth::Role;
 use protocol::ws::{CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHENTICATED, ClientFrame};
 use serde::Deserialize;
@@ -16,11 +20,12 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
 use crate::auth::{AdminUser, AuthUser};
 use crate::cluster;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiQuery, ApiWebSocket};
+use crate::extract::{ApiJson, ApiQuery, ApiWebSocket};
 use crate::jobs::cleanup;
 use crate::rag::RagError;
 use crate::state::AppState;
@@ -28,6 +33,8 @@ use crate::state::AppState;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(sessions))
+        .routes(routes!(session_detail))
+        .routes(routes!(disconnect_session))
         .routes(routes!(kb_info))
         .routes(routes!(kb_reload))
         .routes(routes!(run_cleanup))
@@ -54,6 +61,72 @@ async fn sessions(
     State(state): State<AppState>,
 ) -> ApiResult<Json<Vec<SessionInfo>>> {
     Ok(Json(cluster::all_sessions(&state).await?))
+}
+
+/// One live session (on any instance) with its user's latest questions and answers.
+#[utoipa::path(get, path = "/api/admin/sessions/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Session id")),
+    responses((status = 200, body = SessionDetail), (status = 403, body = ErrorBody),
+        (status = 404, description = "No such live session", body = ErrorBody)))]
+async fn session_detail(
+    _admin: AdminUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionDetail>> {
+    let session = find_session(&state, &id).await?;
+    let client = state.db.get().await?;
+    let recent = crate::chat::store::history(&client, session.user_id, None, RECENT).await?;
+    Ok(Json(SessionDetail { session, recent }))
+}
+
+/// Questions shown with a session.
+const RECENT: i64 = 10;
+
+/// A live session by id, on this instance or another.
+async fn find_session(state: &AppState, id: &str) -> ApiResult<SessionInfo> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound("no such live session"))?;
+    if let Some(session) = state.sessions.get(id) {
+        return Ok(session);
+    }
+    let remote = state.cluster.remote_sessions().await?;
+    remote
+        .into_iter()
+        .find(|s| s.session_id == id)
+        .ok_or(ApiError::NotFound("no such live session"))
+}
+
+/// Closes a live session's socket, on whichever instance holds it, with close code 4010 and
+/// the reason (at most 120 bytes reach the client).
+#[utoipa::path(post, path = "/api/admin/sessions/{id}/disconnect", tag = "admin",
+    security(("bearer" = [])), params(("id" = Uuid, Path, description = "Session id")),
+    request_body = DisconnectRequest,
+    responses((status = 202, description = "The session is being closed"),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "No such live session", body = ErrorBody)))]
+async fn disconnect_session(
+    admin: AdminUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<DisconnectRequest>,
+) -> ApiResult<StatusCode> {
+    let session = find_session(&state, &id).await?;
+    let reason = body.reason.unwrap_or_default();
+    tracing::info!(
+        session_id = %session.session_id,
+        user_id = %session.user_id,
+        by = %admin.0.username,
+        "admin disconnects a session"
+    );
+    if !state
+        .sessions
+        .disconnect(session.session_id, reason.clone())
+    {
+        state
+            .cluster
+            .publish_disconnect(session.session_id, reason)
+            .await?;
+    }
+    Ok(StatusCode::ACCEPTED)
 }
 
 /// What the loaded knowledge base holds.

@@ -73,6 +73,8 @@ pub enum ClusterEvent {
     /// list of failed documents) could exceed the payload limit and each instance reports its
     /// own reload anyway.
     KbChanged,
+    /// An admin disconnected a session: the instance that holds it closes its socket.
+    Disconnect { session_id: Uuid, reason: String },
 }
 
 /// Heartbeat pacing.
@@ -132,6 +134,17 @@ impl Cluster {
         if let Err(e) = sent.await {
             tracing::warn!(error = %e, "could not tell other instances about the knowledge-base reload");
         }
+    }
+
+    /// Tells the other instances to close session `session_id` (whichever holds it does).
+    pub async fn publish_disconnect(&self, session_id: Uuid, reason: String) -> anyhow::Result<()> {
+        let event = ClusterEvent::Disconnect { session_id, reason };
+        let payload = payload(self.instance_id, event)
+            .ok_or_else(|| anyhow::anyhow!("disconnect event not publishable"))?;
+        let client = self.db.get().await?;
+        let stmt = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
+        client.execute(&stmt, &[&CHANNEL, &payload]).await?;
+        Ok(())
     }
 
     /// Live sessions of the other instances, from `live_sessions`, skipping stale rows.
@@ -342,6 +355,7 @@ pub async fn run(state: AppState) {
         state.cluster.instance_id,
         state.sessions.event_sender(),
         Arc::clone(&reload),
+        Arc::clone(&state.sessions),
         state.shutdown.clone(),
     );
     tracing::info!(instance_id = %state.cluster.instance_id, "cluster tasks started");
@@ -659,6 +673,7 @@ async fn listen(
     instance_id: Uuid,
     events: broadcast::Sender<AdminEvent>,
     reload: Arc<Notify>,
+    sessions: Arc<SessionRegistry>,
     shutdown: CancellationToken,
 ) {
     const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -669,6 +684,7 @@ async fn listen(
             instance_id,
             events: events.clone(),
             reload: Arc::clone(&reload),
+            sessions: Arc::clone(&sessions),
         };
         let mut listening = false;
         match listen_once(
@@ -702,6 +718,8 @@ struct Inbox {
     instance_id: Uuid,
     events: broadcast::Sender<AdminEvent>,
     reload: Arc<Notify>,
+    /// This instance's sessions, for disconnects asked on another instance.
+    sessions: Arc<SessionRegistry>,
 }
 
 impl Inbox {
@@ -721,6 +739,12 @@ impl Inbox {
             ClusterEvent::Session { event } => drop(self.events.send(event)),
             // Coalesces: several changes during one reload make one more reload.
             ClusterEvent::KbChanged => self.reload.notify_one(),
+            // Not ours (or already gone) is fine: only the holder acts.
+            ClusterEvent::Disconnect { session_id, reason } => {
+                if self.sessions.disconnect(session_id, reason) {
+                    tracing::info!(%session_id, "session disconnected at another instance's request");
+                }
+            }
         }
     }
 }

@@ -298,3 +298,81 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn an_admin_disconnects_a_session_on_another_instance_with_a_reason() {
+    let config = cluster_config().await;
+    let a = spawn_app_from(config.clone()).await;
+    let b = spawn_app_from(config).await;
+    let admin = admin_token(&a).await;
+    let user = a.user_tokens("carol").await;
+    let (mut chat, session_id) = chat_on(b.addr, &user.access).await;
+    let (mut local, local_id) = chat_on(a.addr, &user.access).await;
+
+    // Its detail (from A, the session lives on B): the session and the user's recent questions.
+    let detail: protocol::admin::SessionDetail = eventually("the session on B", || async {
+        let response = a
+            .get_authed(&format!("/api/admin/sessions/{session_id}"), &admin)
+            .await;
+        if response.status() == 200 {
+            response.json().await.ok()
+        } else {
+            None
+        }
+    })
+    .await;
+    assert_eq!(detail.session.username, "carol");
+
+    let response = a
+        .post_json_authed(
+            &format!("/api/admin/sessions/{session_id}/disconnect"),
+            &admin,
+            &serde_json::json!({"reason": "please use the new app"}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let close = loop {
+        match common::next_incoming(&mut chat).await {
+            common::Incoming::Closed(frame) => break frame.expect("a close frame"),
+            common::Incoming::Json(_) => continue,
+        }
+    };
+    assert_eq!(u16::from(close.code), protocol::ws::CLOSE_DISCONNECTED);
+    assert_eq!(close.reason.as_str(), "please use the new app");
+
+    // A local one, without a reason; the other socket of the same user stays.
+    let response = a
+        .post_json_authed(
+            &format!("/api/admin/sessions/{local_id}/disconnect"),
+            &admin,
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let close = loop {
+        match common::next_incoming(&mut local).await {
+            common::Incoming::Closed(frame) => break frame.expect("a close frame"),
+            common::Incoming::Json(_) => continue,
+        }
+    };
+    assert_eq!(u16::from(close.code), protocol::ws::CLOSE_DISCONNECTED);
+    assert_eq!(close.reason.as_str(), "disconnected by an administrator");
+
+    // Unknown sessions are a 404; regular users are refused.
+    let response = a
+        .post_json_authed(
+            &format!("/api/admin/sessions/{}/disconnect", Uuid::new_v4()),
+            &admin,
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 404);
+    let response = a
+        .post_json_authed(
+            &format!("/api/admin/sessions/{session_id}/disconnect"),
+            &user.access,
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 403);
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use protocol::admin::{AdminEvent, SessionInfo};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
 use super::pipeline::AnswerLog;
@@ -58,6 +58,8 @@ pub struct SessionRegistry {
     /// Open sockets per user, for `WS_MAX_SOCKETS_PER_USER`. Taken after `sessions` when both
     /// are held (in `close`), never the other way round.
     per_user: Mutex<HashMap<Uuid, usize>>,
+    /// How to tell each live session's socket to close (an admin disconnected it), by session.
+    disconnects: Mutex<HashMap<Uuid, oneshot::Sender<String>>>,
     /// Sockets upgraded but not yet authenticated, for `WS_MAX_UNAUTHENTICATED`.
     unauthenticated: AtomicUsize,
     /// Where session changes are recorded for the other instances (none in unit tests).
@@ -73,6 +75,7 @@ impl Default for SessionRegistry {
             asks: Mutex::new((HashMap::new(), Instant::now())),
             answers: Mutex::new((HashMap::new(), Instant::now())),
             per_user: Mutex::new(HashMap::new()),
+            disconnects: Mutex::new(HashMap::new()),
             unauthenticated: AtomicUsize::new(0),
             changes: None,
         }
@@ -185,10 +188,27 @@ impl SessionRegistry {
             .send(AdminEvent::SessionOpened { session: info });
         drop(sessions);
         metrics::gauge!("chat_sessions").increment(1.0);
+        let (disconnect, disconnected) = oneshot::channel();
+        lock(&self.disconnects).insert(session_id, disconnect);
         SessionGuard {
             registry: Arc::clone(self),
             session_id,
+            disconnected,
         }
+    }
+
+    /// Tells this instance's session `session_id` to close with `reason`; false if it has no
+    /// such session.
+    pub fn disconnect(&self, session_id: Uuid, reason: String) -> bool {
+        match lock(&self.disconnects).remove(&session_id) {
+            Some(switch) => switch.send(reason).is_ok(),
+            None => false,
+        }
+    }
+
+    /// This instance's session `session_id`, if live.
+    pub fn get(&self, session_id: Uuid) -> Option<SessionInfo> {
+        lock(&self.sessions).get(&session_id).cloned()
     }
 
     fn update(&self, session_id: Uuid, change: impl FnOnce(&mut SessionInfo)) {
@@ -218,6 +238,7 @@ impl SessionRegistry {
     }
 
     fn close(&self, session_id: Uuid) {
+        lock(&self.disconnects).remove(&session_id);
         let mut sessions = lock(&self.sessions);
         if let Some(info) = sessions.remove(&session_id) {
             let mut per_user = lock(&self.per_user);
@@ -329,6 +350,8 @@ impl Drop for Unauthenticated {
 pub(crate) struct SessionGuard {
     registry: Arc<SessionRegistry>,
     pub(crate) session_id: Uuid,
+    /// Resolves with the reason when an admin disconnects the session.
+    pub(crate) disconnected: oneshot::Receiver<String>,
 }
 
 impl Drop for SessionGuard {

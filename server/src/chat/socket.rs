@@ -23,7 +23,8 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use protocol::error::{ErrorBody, ErrorCode};
 use protocol::ws::{
-    CLOSE_TOKEN_EXPIRED, CLOSE_TOO_MANY_SOCKETS, CLOSE_UNAUTHENTICATED, ClientFrame, ServerFrame,
+    CLOSE_DISCONNECTED, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_MANY_SOCKETS, CLOSE_UNAUTHENTICATED,
+    ClientFrame, ServerFrame,
 };
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::SendTimeoutError;
@@ -56,7 +57,7 @@ enum Outgoing {
     Frame(ServerFrame),
     Ping,
     /// Sent last: the writer stops after it.
-    Close(u16, &'static str),
+    Close(u16, Utf8Bytes),
 }
 
 /// Open the chat socket (a WebSocket upgrade). Authenticate with `Authorization: Bearer` on the
@@ -157,11 +158,24 @@ fn text_of(frame: &ServerFrame) -> Message {
     Message::Text(serde_json::to_string(frame).unwrap_or_default().into())
 }
 
-fn close_message(code: u16, reason: &'static str) -> Message {
+fn close_message(code: u16, reason: impl Into<Utf8Bytes>) -> Message {
     Message::Close(Some(CloseFrame {
         code,
-        reason: Utf8Bytes::from_static(reason),
+        reason: reason.into(),
     }))
+}
+
+/// An admin's reason as a close reason: close frames carry at most 123 bytes.
+fn close_reason(reason: &str) -> String {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return "disconnected by an administrator".to_owned();
+    }
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
 }
 
 /// A frame too big, not JSON, or not a known frame: the `error` to answer with.
@@ -357,7 +371,7 @@ struct Connection {
 
 enum Ending {
     /// Send this close frame, then end.
-    Close(u16, &'static str),
+    Close(u16, Utf8Bytes),
     /// End at once (the peer is gone or cannot be written to).
     Drop,
 }
@@ -400,20 +414,24 @@ impl Connection {
                         expiry.as_mut().reset(deadline);
                     }
                     if self.too_slow.is_cancelled() {
-                        break Ending::Close(CLOSE_POLICY, "too slow to read");
+                        break Ending::Close(CLOSE_POLICY, Utf8Bytes::from_static("too slow to read"));
                     }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > self.patience {
-                        break Ending::Close(CLOSE_GOING_AWAY, "no answer to pings");
+                        break Ending::Close(CLOSE_GOING_AWAY, Utf8Bytes::from_static("no answer to pings"));
                     }
                     if !self.queue(Outgoing::Ping).await {
                         break Ending::Drop;
                     }
                 }
-                () = &mut expiry => break Ending::Close(CLOSE_TOKEN_EXPIRED, "token expired"),
-                () = too_slow.cancelled() => break Ending::Close(CLOSE_POLICY, "too slow to read"),
-                () = shutdown.cancelled() => break Ending::Close(CLOSE_GOING_AWAY, "server shutting down"),
+                reason = &mut self.session.disconnected => {
+                    let reason = reason.unwrap_or_default();
+                    break Ending::Close(CLOSE_DISCONNECTED, close_reason(&reason).into());
+                }
+                () = &mut expiry => break Ending::Close(CLOSE_TOKEN_EXPIRED, Utf8Bytes::from_static("token expired")),
+                () = too_slow.cancelled() => break Ending::Close(CLOSE_POLICY, Utf8Bytes::from_static("too slow to read")),
+                () = shutdown.cancelled() => break Ending::Close(CLOSE_GOING_AWAY, Utf8Bytes::from_static("server shutting down")),
                 _ = &mut writer => break Ending::Drop,
                 Some(_) = self.followers.join_next(), if !self.followers.is_empty() => {}
             }
