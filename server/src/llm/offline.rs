@@ -581,6 +581,14 @@ fn compose(prompt: &Prompt, candidates: Vec<Candidate>, semantic: Option<&[f32]>
         .collect();
     // Neighbours needed to read the chosen sentences.
     let mut extra: Vec<usize> = Vec::new();
+    // The best sentence comes with the next one of its paragraph: an FAQ answer often states
+    // the topic first ("Python comes with two testing frameworks.") and the fact right after.
+    let top = chosen[0];
+    if candidates.get(top + 1).is_some_and(|n| {
+        n.rank == candidates[top].rank && n.block == candidates[top].block && !n.code
+    }) {
+        extra.push(top + 1);
+    }
     for &i in &chosen {
         let c = &candidates[i];
         let next = |j: usize| candidates.get(j).filter(|n| n.rank == c.rank);
