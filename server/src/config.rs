@@ -30,11 +30,16 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
-    /// Evaluate retrieval and answers on the shipped question set and print the scores.
+    /// Evaluate retrieval and answers on the shipped question sets and print the scores of each
+    /// and their mean.
     Eval {
-        /// Question set (JSON).
-        #[arg(long, default_value = "eval/questions.json")]
-        questions: PathBuf,
+        /// Question sets (JSON); each may name its own knowledge base (`knowledge_base`).
+        #[arg(
+            long,
+            num_args = 1..,
+            default_values = ["eval/questions.json", "eval/python-faq/questions.json"]
+        )]
+        questions: Vec<PathBuf>,
     },
     /// Import the Django prototype's users and chat history (idempotent; see the README).
     ImportDjango(ImportDjangoArgs),
@@ -221,7 +226,7 @@ pub struct Config {
     pub max_output_tokens: u32,
 
     // --- retrieval ---
-    /// Documents to load (.md and .txt, recursively).
+    /// Documents to load (.md, .txt and .html, recursively).
     #[arg(long, env = "KNOWLEDGE_BASE_DIR", default_value = "./knowledge_base")]
     pub knowledge_base_dir: PathBuf,
     /// Passages given to the model as context.

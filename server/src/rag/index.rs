@@ -1,5 +1,6 @@
 //! The searchable form of a loaded knowledge base: a FAISS vector index (inner product on
-//! normalised vectors = cosine), a BM25 lexical index, and their reciprocal-rank fusion.
+//! normalised vectors = cosine), a BM25 lexical index (English stemming and stop words), and
+//! their reciprocal-rank fusion, ordered with the cosine similarity weighing in.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +19,11 @@ pub const HNSW_THRESHOLD: usize = 20_000;
 const CANDIDATES: usize = 20;
 /// The usual RRF constant: damps the weight of the very first ranks.
 const RRF_K: f32 = 60.0;
+/// Weight of a candidate's cosine similarity added to its reciprocal-rank-fusion score (which
+/// is at most 2/61 ≈ 0.033): pure RRF ranked the right document first for 0.869 of the eval
+/// questions (mean of both sets), RRF + 0.2·cosine 0.906, + 0.5·cosine 0.911, cosine alone
+/// 0.911 but with a worse hit@3. See the README's answer-quality table.
+const COSINE_WEIGHT: f32 = 0.5;
 
 /// FAISS index shared by concurrent searches.
 pub enum VectorIndex {
@@ -105,7 +111,7 @@ pub struct Hit {
     pub row: usize,
     /// Cosine similarity between question and chunk.
     pub similarity: f32,
-    /// Reciprocal-rank-fusion score (the ranking key).
+    /// Ranking key: reciprocal-rank-fusion score plus the weighted cosine similarity.
     pub fused: f32,
 }
 
@@ -131,6 +137,8 @@ impl KbIndex {
             "vector count mismatch"
         );
         let vector_index = VectorIndex::build(dimension, &vectors, hnsw_threshold)?;
+        // The section path is part of each passage's searchable text (the embedded text);
+        // counting it twice as a heavier field changed nothing on the eval sets.
         let documents: Vec<bm25::Document<u32>> = chunks
             .iter()
             .enumerate()
@@ -156,7 +164,8 @@ impl KbIndex {
         v.iter().zip(query).map(|(a, b)| a * b).sum()
     }
 
-    /// Hybrid search: vector and BM25 rankings fused by reciprocal rank; hits under
+    /// Hybrid search: vector and BM25 rankings fused by reciprocal rank plus
+    /// [`COSINE_WEIGHT`]·cosine; hits under
     /// `threshold` cosine are dropped; at most `k` returned, best first. Blocking.
     pub fn search(
         &self,
@@ -189,6 +198,10 @@ impl KbIndex {
             })
             .filter(|h| h.similarity >= threshold)
             .collect();
+        // Rank fusion finds the candidates; their cosine similarity weighs in on the order.
+        for h in &mut hits {
+            h.fused += COSINE_WEIGHT * h.similarity;
+        }
         hits.sort_by(|a, b| {
             b.fused
                 .total_cmp(&a.fused)

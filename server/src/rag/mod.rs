@@ -11,8 +11,10 @@
 pub mod cache;
 pub mod embed;
 pub mod eval;
+pub mod html;
 pub mod index;
 pub mod loader;
+pub mod markup;
 
 use std::path::PathBuf;
 use std::sync::Arc;
