@@ -142,8 +142,8 @@ async fn event_socket_sees_sessions_reloads_and_cleanups() {
                 assert_eq!(event.id, run.id);
                 saw_run = true;
             }
-            // Session updates (the ready frame, counters) may interleave.
-            AdminEvent::SessionUpdated { .. } => {}
+            // Session updates (the ready frame, counters) and reload progress may interleave.
+            AdminEvent::SessionUpdated { .. } | AdminEvent::KbProgress { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -10,12 +10,14 @@
 //! - [`sessions`]: the live-session registry (admin view and events), the asks-per-minute limit
 //!   and the per-user resume buffers.
 //! - [`store`]: the conversation and message queries.
+//! - [`feedback`]: `POST /api/messages/{id}/feedback` (and the socket's `feedback` frame).
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::state::AppState;
 
+pub mod feedback;
 pub mod pipeline;
 pub mod rest;
 pub mod sessions;
@@ -31,4 +33,5 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rest::list_conversations))
         .routes(routes!(rest::conversation_messages))
         .routes(routes!(rest::delete_conversation))
+        .routes(routes!(feedback::rate_answer))
 }
