@@ -39,17 +39,22 @@ pub fn draw_gaps(frame: &mut Frame, app: &App, area: Rect) {
         frame.render_widget(Paragraph::new(text).block(block), area);
         return;
     }
-    let header = Row::new(["#", "size", "last asked", "closest document", "question"]).bold();
+    let header = Row::new([
+        "#",
+        "size",
+        "last asked",
+        "best",
+        "closest document",
+        "question",
+    ])
+    .bold();
     let rows = report.gaps.iter().enumerate().map(|(i, g)| {
-        let document = match &g.best_document {
-            Some(d) => format!("{d} ({})", score(g.best_score)),
-            None => "-".into(),
-        };
         Row::new([
             Cell::from((i + 1).to_string()),
             Cell::from(Span::from(g.size.to_string()).bold()),
             Cell::from(short_time(g.last_asked)),
-            Cell::from(document),
+            Cell::from(score(g.best_score)),
+            Cell::from(g.best_document.clone().unwrap_or_else(|| "-".into())),
             Cell::from(g.representative.clone()),
         ])
     });
@@ -59,7 +64,8 @@ pub fn draw_gaps(frame: &mut Frame, app: &App, area: Rect) {
             Constraint::Length(3),
             Constraint::Length(5),
             Constraint::Length(12),
-            Constraint::Length(28),
+            Constraint::Length(5),
+            Constraint::Length(30),
             Constraint::Min(20),
         ],
     )
@@ -266,4 +272,281 @@ pub fn progress_line(p: &KbProgress) -> Line<'static> {
             p.chunks_ready, p.chunks_total, p.cache_hits, p.chunks_embedded
         )),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use protocol::documents::{DocumentSource, KbDocument};
+    use protocol::feedback::FeedbackEntry;
+    use protocol::gaps::{Gap, GapExample, GapsReport};
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::app::{Action, AppEvent, Confirm, Tab};
+
+    fn key(code: KeyCode) -> KeyEvent {
+        KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    fn render(app: &App, width: u16, height: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(|frame| crate::ui::draw(frame, app)).unwrap();
+        let buffer = terminal.backend().buffer();
+        let mut text = String::new();
+        for y in 0..buffer.area.height {
+            let line: String = (0..buffer.area.width)
+                .map(|x| buffer[(x, y)].symbol())
+                .collect();
+            text.push_str(line.trim_end());
+            text.push('\n');
+        }
+        text
+    }
+
+    fn at(day: u32, hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, day, hour, 0, 0).unwrap()
+    }
+
+    fn example(question: &str, day: u32, reasons: Vec<GapReason>) -> GapExample {
+        GapExample {
+            question: question.into(),
+            asked_at: at(day, 9),
+            reasons,
+            best_score: Some(0.31),
+            comment: None,
+        }
+    }
+
+    pub fn report() -> GapsReport {
+        GapsReport {
+            since: at(1, 0),
+            questions: 9,
+            similarity: 0.68,
+            weak_score: 0.41,
+            half_life_hours: 168.0,
+            gaps: vec![
+                Gap {
+                    size: 5,
+                    representative: "Are dogs allowed in your store?".into(),
+                    examples: vec![
+                        example(
+                            "Can I bring my dog into the store?",
+                            30,
+                            vec![GapReason::Refused],
+                        ),
+                        GapExample {
+                            comment: Some("Guide dogs at least?".into()),
+                            ..example(
+                                "Is my dog allowed inside the shop?",
+                                29,
+                                vec![GapReason::Refused, GapReason::RatedDown],
+                            )
+                        },
+                        example(
+                            "Are dogs allowed in your store?",
+                            28,
+                            vec![GapReason::Refused],
+                        ),
+                    ],
+                    best_document: Some("contact-and-opening-hours.md".into()),
+                    best_score: Some(0.33),
+                    refused: 5,
+                    rated_down: 1,
+                    weakly_grounded: 0,
+                    last_asked: at(30, 9),
+                    score: 4.6,
+                },
+                Gap {
+                    size: 3,
+                    representative: "Do you offer a student discount?".into(),
+                    examples: vec![example(
+                        "Is there a discount for students?",
+                        29,
+                        vec![GapReason::Refused],
+                    )],
+                    best_document: Some("promotions-and-price-match.md".into()),
+                    best_score: Some(0.35),
+                    refused: 3,
+                    rated_down: 0,
+                    weakly_grounded: 0,
+                    last_asked: at(29, 9),
+                    score: 2.5,
+                },
+                Gap {
+                    size: 1,
+                    representative: "Can I pay with a cheque?".into(),
+                    examples: vec![example(
+                        "Can I pay with a cheque?",
+                        27,
+                        vec![GapReason::WeaklyGrounded],
+                    )],
+                    best_document: Some("payments.md".into()),
+                    best_score: Some(0.38),
+                    refused: 0,
+                    rated_down: 0,
+                    weakly_grounded: 1,
+                    last_asked: at(27, 9),
+                    score: 0.6,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn gaps_view_lists_groups_and_enter_opens_one() {
+        let mut app = App::new("http://127.0.0.1:8000");
+        assert_eq!(
+            app.handle_key(key(KeyCode::Char('5'))),
+            Some(Action::LoadGaps)
+        );
+        assert_eq!(app.tab, Tab::Gaps);
+        assert!(render(&app, 110, 20).contains("Loading…"));
+        app.apply(AppEvent::GapsLoaded(Ok(report())));
+        let screen = render(&app, 110, 20);
+        assert!(screen.contains("9 questions in 3 groups"), "{screen}");
+        assert!(
+            screen.contains("Are dogs allowed in your store?"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("0.33  contact-and-opening-hours.md"),
+            "{screen}"
+        );
+
+        app.handle_key(key(KeyCode::Enter));
+        assert!(app.gaps.open);
+        let screen = render(&app, 110, 24);
+        assert!(
+            screen.contains("5 questions: 5 refused, 1 rated down"),
+            "{screen}"
+        );
+        assert!(screen.contains("comment: Guide dogs at least?"), "{screen}");
+        // Esc closes the group, it does not quit.
+        assert_eq!(app.handle_key(key(KeyCode::Esc)), None);
+        assert!(!app.gaps.open);
+        assert!(!app.should_quit);
+        app.handle_key(key(KeyCode::Down));
+        app.handle_key(key(KeyCode::Down));
+        app.handle_key(key(KeyCode::Down));
+        assert_eq!(app.gaps.selected, 2, "selection stays inside the list");
+        assert_eq!(
+            app.handle_key(key(KeyCode::Char('r'))),
+            Some(Action::LoadGaps)
+        );
+    }
+
+    /// The README's text capture of the Gaps view: `cargo test -p admin-tui gaps_capture --
+    /// --nocapture` prints it.
+    #[test]
+    fn gaps_capture() {
+        let mut app = App::new("http://127.0.0.1:8000");
+        app.handle_key(key(KeyCode::Char('5')));
+        app.apply(AppEvent::GapsLoaded(Ok(report())));
+        let screen = render(&app, 100, 9);
+        println!("{screen}");
+        assert!(screen.contains("1 Sessions"));
+        app.handle_key(key(KeyCode::Enter));
+        let opened = render(&app, 100, 16);
+        println!("{opened}");
+        assert!(opened.contains("Examples, newest first"));
+    }
+
+    #[test]
+    fn feedback_view_shows_ratings_with_their_comment() {
+        let mut app = App::new("http://x");
+        assert_eq!(
+            app.handle_key(key(KeyCode::Char('6'))),
+            Some(Action::LoadFeedback)
+        );
+        app.apply(AppEvent::FeedbackLoaded(Ok(vec![FeedbackEntry {
+            message_id: Uuid::nil(),
+            username: "alice".into(),
+            rating: Rating::Down,
+            comment: Some("Which countries?".into()),
+            question: "How much is shipping?".into(),
+            answer_excerpt: "Standard shipping is free over 50 euros.".into(),
+            rated_at: at(30, 10),
+        }])));
+        let screen = render(&app, 140, 8);
+        for text in ["alice", "down", "How much is shipping?", "Which countries?"] {
+            assert!(screen.contains(text), "{text}: {screen}");
+        }
+    }
+
+    #[test]
+    fn documents_view_uploads_by_path_and_deletes_after_confirmation() {
+        let mut app = App::new("http://x");
+        assert_eq!(
+            app.handle_key(key(KeyCode::Char('7'))),
+            Some(Action::LoadDocuments)
+        );
+        app.apply(AppEvent::DocumentsLoaded(Ok(vec![KbDocument {
+            name: "returns.md".into(),
+            title: "Returns and refunds".into(),
+            bytes: 1234,
+            chunks: 3,
+            modified: Some(at(29, 8)),
+            source: DocumentSource::Folder,
+            kind: "markdown".into(),
+        }])));
+        let screen = render(&app, 120, 8);
+        assert!(screen.contains("Returns and refunds"), "{screen}");
+        assert!(screen.contains("folder"), "{screen}");
+
+        // `u` opens the prompt; typed keys (even `q`) go into it.
+        app.handle_key(key(KeyCode::Char('u')));
+        for c in "/tmp/q.pdf".chars() {
+            assert_eq!(app.handle_key(key(KeyCode::Char(c))), None);
+        }
+        assert!(!app.should_quit);
+        assert!(render(&app, 120, 8).contains("Upload file: /tmp/q.pdf"));
+        assert_eq!(
+            app.handle_key(key(KeyCode::Enter)),
+            Some(Action::UploadDocument("/tmp/q.pdf".into()))
+        );
+        app.apply(AppEvent::DocumentChanged(Err(
+            crate::api::ApiError::Server {
+                status: 422,
+                code: None,
+                message: "body: the document has no text".into(),
+            },
+        )));
+        assert!(render(&app, 120, 8).contains("failed: body: the document has no text"));
+
+        app.handle_key(key(KeyCode::Char('d')));
+        assert_eq!(
+            app.confirm,
+            Some(Confirm::DeleteDocument("returns.md".into()))
+        );
+        assert!(render(&app, 120, 12).contains("Delete the document returns.md?"));
+        assert_eq!(
+            app.handle_key(key(KeyCode::Char('y'))),
+            Some(Action::DeleteDocument("returns.md".into()))
+        );
+        assert!(app.documents.busy);
+    }
+
+    #[test]
+    fn reload_progress_shows_as_a_bar() {
+        let mut app = App::new("http://x");
+        app.handle_key(key(KeyCode::Char('2')));
+        app.apply(AppEvent::Server(protocol::admin::AdminEvent::KbProgress {
+            progress: KbProgress {
+                phase: "embedding".into(),
+                documents: 14,
+                chunks_total: 70,
+                chunks_ready: 35,
+                chunks_embedded: 5,
+                cache_hits: 30,
+            },
+        }));
+        let screen = render(&app, 120, 10);
+        assert!(screen.contains("embedding 14 documents"), "{screen}");
+        assert!(screen.contains("██████████░░░░░░░░░░"), "{screen}");
+        assert!(screen.contains("35/70 chunks ready (30 from the cache, 5 embedded)"));
+    }
 }

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestApp, spawn_app_from, spawn_app_with};
-use protocol::admin::KbInfo;
+use common::{TestApp, next_frame, spawn_app_from, spawn_app_with};
+use protocol::admin::{AdminEvent, KbInfo};
 use protocol::documents::{DocumentSource, KbDocument};
 use serde_json::{Value, json};
 use server::config::{Config, Secret};
@@ -406,4 +406,49 @@ async fn two_instances_serve_the_same_document_set() {
     c.stop().await;
     b.stop().await;
     a.stop().await;
+}
+
+#[tokio::test]
+async fn a_document_change_reports_reload_progress_on_the_admin_socket() {
+    let (app, admin) = spawn().await;
+    let mut events = app.ws_connect_path("/api/admin/events", &admin).await;
+    let snapshot: AdminEvent = serde_json::from_value(next_frame(&mut events).await).unwrap();
+    assert!(matches!(snapshot, AdminEvent::Snapshot { .. }));
+
+    let response = put(
+        &app,
+        &admin,
+        "tours.txt",
+        Some("text/plain"),
+        b"Warehouse tours run every Saturday at 10 am and are booked at the front desk.".to_vec(),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let mut progress = Vec::new();
+    let kb = loop {
+        match serde_json::from_value(next_frame(&mut events).await).unwrap() {
+            AdminEvent::KbProgress { progress: p } => progress.push(p),
+            AdminEvent::KbReloaded { kb } => break kb,
+            _ => {}
+        }
+    };
+    let phases: Vec<&str> = progress.iter().map(|p| p.phase.as_str()).collect();
+    assert_eq!(phases.first(), Some(&"reading"), "{phases:?}");
+    assert_eq!(phases.last(), Some(&"done"), "{phases:?}");
+    assert!(
+        phases.contains(&"embedding"),
+        "the new chunk is embedded: {phases:?}"
+    );
+    let last = progress.last().unwrap();
+    assert_eq!(last.chunks_total, kb.chunks);
+    assert_eq!(last.chunks_ready, kb.chunks);
+    assert_eq!(last.documents, kb.documents);
+    assert_eq!(last.chunks_embedded, kb.embedded);
+    assert!(last.chunks_embedded >= 1);
+    assert_eq!(last.cache_hits + last.chunks_embedded, last.chunks_total);
+    // Counts only grow during one load.
+    for pair in progress.windows(2) {
+        assert!(pair[1].chunks_ready >= pair[0].chunks_ready);
+    }
+    app.stop().await;
 }
