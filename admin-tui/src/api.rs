@@ -3,7 +3,7 @@
 //! Methods take the access token as an argument rather than holding one, so the token
 //! refresher ([`crate::auth`]) stays the only owner of the current pair.
 
-use protocol::admin::{CleanupRun, KbInfo, SessionInfo, Stats};
+use protocol::admin::{CleanupRun, KbInfo, SessionInfo, Stats, StatsSeries};
 use protocol::auth::{LoginRequest, RefreshRequest, TokenPair};
 use protocol::documents::KbDocument;
 use protocol::feedback::FeedbackEntry;
@@ -136,6 +136,11 @@ impl ApiClient {
 
     pub async fn stats(&self, token: &str) -> Result<Stats, ApiError> {
         send(self.request(Method::GET, "/api/admin/stats", Some(token))).await
+    }
+
+    /// The last hour, minute by minute: asks, answer latency p50/p95, provider errors.
+    pub async fn stats_series(&self, token: &str) -> Result<StatsSeries, ApiError> {
+        send(self.request(Method::GET, "/api/admin/stats/series", Some(token))).await
     }
 
     /// Knowledge gaps of the last 30 days, ranked.

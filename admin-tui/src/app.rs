@@ -4,7 +4,9 @@
 use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use protocol::admin::{AdminEvent, CleanupRun, KbInfo, KbProgress, SessionInfo, Stats};
+use protocol::admin::{
+    AdminEvent, CleanupRun, KbInfo, KbProgress, SessionInfo, Stats, StatsSeries,
+};
 use protocol::documents::KbDocument;
 use protocol::feedback::FeedbackEntry;
 use protocol::gaps::GapsReport;
@@ -28,6 +30,7 @@ pub enum AppEvent {
     RunsLoaded(Result<Vec<CleanupRun>, ApiError>),
     CleanupDone(Result<CleanupRun, ApiError>),
     StatsLoaded(Result<Stats, ApiError>),
+    SeriesLoaded(Result<StatsSeries, ApiError>),
     GapsLoaded(Result<GapsReport, ApiError>),
     FeedbackLoaded(Result<Vec<FeedbackEntry>, ApiError>),
     DocumentsLoaded(Result<Vec<KbDocument>, ApiError>),
@@ -148,6 +151,8 @@ pub struct App {
     pub should_quit: bool,
     /// The latest progress of a knowledge-base load (cleared when it ends).
     pub kb_progress: Option<KbProgress>,
+    /// The last hour, minute by minute, for the stats tab's sparklines.
+    pub series: Option<StatsSeries>,
     pub gaps: GapsView,
     pub feedback: FeedbackView,
     pub documents: DocumentsView,
@@ -176,6 +181,7 @@ impl App {
             last_error: None,
             should_quit: false,
             kb_progress: None,
+            series: None,
             gaps: GapsView::default(),
             feedback: FeedbackView::default(),
             documents: DocumentsView::default(),
@@ -377,6 +383,10 @@ impl App {
                     self.stats_at = Some(Instant::now());
                 }
                 Err(e) => self.last_error = Some(format!("stats: {e}")),
+            },
+            AppEvent::SeriesLoaded(result) => match result {
+                Ok(series) => self.series = Some(series),
+                Err(e) => self.last_error = Some(format!("stats series: {e}")),
             },
             AppEvent::GapsLoaded(result) => match result {
                 Ok(report) => self.gaps.set(report),

@@ -103,6 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             // The first tick is immediate: the initial load.
             _ = poll.tick() => {
                 requests.stats();
+                requests.series();
                 requests.runs();
             }
         }
@@ -152,6 +153,13 @@ impl Requests {
         self.spawn(
             |api, t| async move { api.cleanup_runs(&t, RUNS_SHOWN).await },
             AppEvent::RunsLoaded,
+        );
+    }
+
+    fn series(&self) {
+        self.spawn(
+            |api, t| async move { api.stats_series(&t).await },
+            AppEvent::SeriesLoaded,
         );
     }
 

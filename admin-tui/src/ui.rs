@@ -285,7 +285,17 @@ fn draw_stats(frame: &mut Frame, app: &App, area: Rect) {
         Row::new([Cell::from(name), value])
     });
     let table = Table::new(rows, [Constraint::Length(16), Constraint::Min(8)]).block(block);
-    frame.render_widget(table, area);
+    match &app.series {
+        None => frame.render_widget(table, area),
+        Some(series) => {
+            let [table_area, series_area] = area.layout(&Layout::vertical([
+                Constraint::Length(9),
+                Constraint::Min(0),
+            ]));
+            frame.render_widget(table, table_area);
+            crate::ui_views::draw_series(frame, series, series_area);
+        }
+    }
 }
 
 fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
@@ -366,6 +376,10 @@ fn draw_help(frame: &mut Frame) {
             "reload the knowledge base (knowledge-base tab); refresh (tabs 5-7)",
         ),
         ("c", "run a cleanup now (cleanup tab)"),
+        (
+            "(stats tab)",
+            "sparklines of the last hour: asks/min, latency p50/p95, provider errors",
+        ),
         (
             "Enter",
             "open the selected knowledge gap (gaps tab); Esc goes back",

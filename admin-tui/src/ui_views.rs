@@ -2,14 +2,14 @@
 //! Pure functions of [`App`], like [`crate::ui`].
 
 use chrono::{DateTime, Local, Utc};
-use protocol::admin::KbProgress;
+use protocol::admin::{KbProgress, StatsSeries};
 use protocol::feedback::Rating;
 use protocol::gaps::GapReason;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState, Wrap};
 
 use crate::app::App;
 
@@ -254,6 +254,48 @@ pub fn draw_documents(frame: &mut Frame, app: &App, area: Rect) {
         }
     };
     frame.render_widget(Paragraph::new(status), status_area);
+}
+
+/// Sparklines of the last hour (one bar per minute): asks, latency p50 and p95, provider
+/// errors, each titled with its latest and highest value.
+pub fn draw_series(frame: &mut Frame, series: &StatsSeries, area: Rect) {
+    let asks: Vec<u64> = series
+        .minutes
+        .iter()
+        .map(|m| m.asks.max(0) as u64)
+        .collect();
+    let p50: Vec<u64> = series
+        .minutes
+        .iter()
+        .map(|m| m.latency_p50_ms.unwrap_or(0.0).max(0.0) as u64)
+        .collect();
+    let p95: Vec<u64> = series
+        .minutes
+        .iter()
+        .map(|m| m.latency_p95_ms.unwrap_or(0.0).max(0.0) as u64)
+        .collect();
+    let errors: Vec<u64> = series
+        .minutes
+        .iter()
+        .map(|m| m.provider_errors.max(0) as u64)
+        .collect();
+    let lines = [
+        ("asks/min", asks, "", Color::Cyan),
+        ("latency p50", p50, " ms", Color::Green),
+        ("latency p95", p95, " ms", Color::Yellow),
+        ("provider errors/min", errors, "", Color::Red),
+    ];
+    let areas = area.layout_vec(&Layout::vertical([Constraint::Length(3); 4]));
+    for ((name, data, unit, color), area) in lines.into_iter().zip(areas) {
+        let last = data.last().copied().unwrap_or(0);
+        let max = data.iter().copied().max().unwrap_or(0);
+        let title = format!(" {name}, last hour: now {last}{unit}, max {max}{unit} ");
+        let sparkline = Sparkline::default()
+            .block(Block::bordered().title(title))
+            .style(Style::new().fg(color))
+            .data(data);
+        frame.render_widget(sparkline, area);
+    }
 }
 
 /// `reading 14 documents  [██████░░░░]  64/70 chunks ready (60 from the cache, 4 embedded)`
@@ -528,6 +570,49 @@ mod tests {
             Some(Action::DeleteDocument("returns.md".into()))
         );
         assert!(app.documents.busy);
+    }
+
+    #[test]
+    fn stats_show_sparklines_of_the_last_hour() {
+        let mut app = App::new("http://x");
+        app.handle_key(key(KeyCode::Char('4')));
+        let minutes = (0..60)
+            .map(|i| protocol::admin::MinuteStats {
+                at: at(30, 9) + chrono::Duration::minutes(i),
+                asks: i % 7,
+                latency_p50_ms: Some(400.0 + i as f64),
+                latency_p95_ms: Some(900.0),
+                provider_errors: i64::from(i == 59),
+            })
+            .collect();
+        app.apply(AppEvent::SeriesLoaded(Ok(StatsSeries { minutes })));
+        app.apply(AppEvent::StatsLoaded(Ok(protocol::admin::Stats {
+            users: 1,
+            conversations: 2,
+            messages: 3,
+            live_sessions: 0,
+            answering_now: 0,
+            outbox_pending: 0,
+            outbox_failed: 0,
+        })));
+        let screen = render(&app, 100, 24);
+        assert!(
+            screen.contains("asks/min, last hour: now 3, max 6"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("latency p50, last hour: now 459 ms, max 459 ms"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("latency p95, last hour: now 900 ms"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("provider errors/min, last hour: now 1, max 1"),
+            "{screen}"
+        );
+        assert!(screen.contains("messages"), "the counts stay: {screen}");
     }
 
     #[test]

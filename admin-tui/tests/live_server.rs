@@ -289,6 +289,9 @@ async fn console_reads_gaps_and_feedback_and_uploads_and_deletes_documents() {
         )
         .await;
     assert_eq!(rated.status(), 200);
+    let series = api.stats_series(token).await.unwrap();
+    assert_eq!(series.minutes.len(), 60);
+    assert_eq!(series.minutes.iter().map(|m| m.asks).sum::<i64>(), 1);
     let feedback = api.feedback(token, 10).await.unwrap();
     assert_eq!(feedback.len(), 1);
     assert_eq!(feedback[0].comment.as_deref(), Some("no answer"));

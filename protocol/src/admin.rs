@@ -128,3 +128,25 @@ pub struct KbProgress {
     /// Chunks whose vector came from the embedding cache.
     pub cache_hits: usize,
 }
+
+/// One minute of `GET /api/admin/stats/series`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MinuteStats {
+    /// Start of the minute.
+    pub at: DateTime<Utc>,
+    /// Questions asked.
+    pub asks: i64,
+    /// Answer latency (question to last token) of the answers stored in this minute.
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    /// Answers that ended with a provider error (`provider_unavailable`, `content_blocked`).
+    pub provider_errors: i64,
+}
+
+/// `GET /api/admin/stats/series`: the last hour, one entry per minute, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StatsSeries {
+    pub minutes: Vec<MinuteStats>,
+}

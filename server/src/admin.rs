@@ -34,6 +34,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .route("/api/admin/events", axum::routing::get(events))
         .routes(routes!(insight::gaps_report))
         .routes(routes!(insight::feedback_list))
+        .routes(routes!(insight::stats_series))
         .routes(routes!(documents::list_documents))
         .routes(routes!(documents::put_document, documents::delete_document))
 }

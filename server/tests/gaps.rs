@@ -230,3 +230,47 @@ async fn the_admin_sees_the_latest_ratings_with_their_question() {
 fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
+
+#[tokio::test]
+async fn the_stats_series_covers_the_last_hour_minute_by_minute() {
+    let (app, admin) = spawn().await;
+    let alice = app.user_tokens("alice").await;
+    ask(&app, &alice.access, ANSWERABLE).await;
+    ask(&app, &alice.access, PETS[0]).await;
+    let series: protocol::admin::StatsSeries =
+        app.get_json("/api/admin/stats/series", &admin.access).await;
+    assert_eq!(series.minutes.len(), 60);
+    assert!(
+        series
+            .minutes
+            .windows(2)
+            .all(|w| w[1].at - w[0].at == chrono::Duration::minutes(1))
+    );
+    assert_eq!(series.minutes.iter().map(|m| m.asks).sum::<i64>(), 2);
+    assert!(series.minutes.iter().any(|m| m.latency_p95_ms.is_some()));
+    assert_eq!(
+        series
+            .minutes
+            .iter()
+            .map(|m| m.provider_errors)
+            .sum::<i64>(),
+        0
+    );
+    // Older questions fall outside the window.
+    app.db()
+        .await
+        .execute(
+            "UPDATE messages SET created_at = now() - interval '2 hours'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let series: protocol::admin::StatsSeries =
+        app.get_json("/api/admin/stats/series", &admin.access).await;
+    assert_eq!(series.minutes.iter().map(|m| m.asks).sum::<i64>(), 0);
+    let response = app
+        .get_authed("/api/admin/stats/series", &alice.access)
+        .await;
+    assert_eq!(response.status(), 403);
+    app.stop().await;
+}

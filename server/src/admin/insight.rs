@@ -1,10 +1,12 @@
 //! What the support loop tells the knowledge-base owners: the knowledge gaps
-//! (`GET /api/admin/gaps`) and the latest answer ratings (`GET /api/admin/feedback`).
+//! (`GET /api/admin/gaps`), the latest answer ratings (`GET /api/admin/feedback`), and the
+//! last hour minute by minute (`GET /api/admin/stats/series`).
 
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use protocol::ErrorBody;
+use protocol::admin::{MinuteStats, StatsSeries};
 use protocol::feedback::{FeedbackEntry, Rating};
 use protocol::gaps::GapsReport;
 use serde::Deserialize;
@@ -77,4 +79,76 @@ pub async fn feedback_list(
     Ok(Json(
         crate::chat::feedback::latest(&client, limit, query.rating).await?,
     ))
+}
+
+/// Minutes in the stats series.
+const SERIES_MINUTES: i64 = 60;
+
+/// Asks per minute, answer latency p50/p95 and provider errors over the last hour, one entry
+/// per minute (oldest first, empty minutes included), from the stored messages of every
+/// instance.
+#[utoipa::path(get, path = "/api/admin/stats/series", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = StatsSeries), (status = 403, body = ErrorBody)))]
+pub async fn stats_series(
+    _admin: AdminUser,
+    State(state): State<AppState>,
+) -> ApiResult<Json<StatsSeries>> {
+    let client = state.db.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT date_trunc('minute', created_at) AS at, \
+                    count(*) FILTER (WHERE role = 'user'), \
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) \
+                      FILTER (WHERE role = 'assistant'), \
+                    percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) \
+                      FILTER (WHERE role = 'assistant'), \
+                    count(*) FILTER (WHERE role = 'assistant' AND status = 'error' \
+                      AND error_code IN ('provider_unavailable', 'content_blocked')), \
+                    date_trunc('minute', now()) \
+             FROM messages \
+             WHERE created_at >= date_trunc('minute', now()) - make_interval(mins => $1::int) \
+             GROUP BY 1",
+        )
+        .await?;
+    let back = (SERIES_MINUTES - 1) as i32;
+    let rows = client.query(&stmt, &[&back]).await?;
+    let now: DateTime<Utc> = match rows.first() {
+        Some(row) => row.get(5),
+        None => {
+            let row = client
+                .query_one("SELECT date_trunc('minute', now())", &[])
+                .await?;
+            row.get(0)
+        }
+    };
+    let found: std::collections::HashMap<DateTime<Utc>, MinuteStats> = rows
+        .iter()
+        .map(|row| {
+            let at: DateTime<Utc> = row.get(0);
+            (
+                at,
+                MinuteStats {
+                    at,
+                    asks: row.get(1),
+                    latency_p50_ms: row.get(2),
+                    latency_p95_ms: row.get(3),
+                    provider_errors: row.get(4),
+                },
+            )
+        })
+        .collect();
+    let minutes = (0..SERIES_MINUTES)
+        .rev()
+        .map(|back| {
+            let at = now - chrono::Duration::minutes(back);
+            found.get(&at).cloned().unwrap_or(MinuteStats {
+                at,
+                asks: 0,
+                latency_p50_ms: None,
+                latency_p95_ms: None,
+                provider_errors: 0,
+            })
+        })
+        .collect();
+    Ok(Json(StatsSeries { minutes }))
 }
