@@ -3,8 +3,11 @@
 //! Methods take the access token as an argument rather than holding one, so the token
 //! refresher ([`crate::auth`]) stays the only owner of the current pair.
 
-use protocol::admin::{CleanupRun, KbInfo, SessionInfo, Stats};
+use protocol::admin::{CleanupRun, KbInfo, SessionInfo, Stats, StatsSeries};
 use protocol::auth::{LoginRequest, RefreshRequest, TokenPair};
+use protocol::documents::KbDocument;
+use protocol::feedback::FeedbackEntry;
+use protocol::gaps::GapsReport;
 use protocol::{ErrorBody, ErrorCode};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -135,6 +138,48 @@ impl ApiClient {
         send(self.request(Method::GET, "/api/admin/stats", Some(token))).await
     }
 
+    /// The last hour, minute by minute: asks, answer latency p50/p95, provider errors.
+    pub async fn stats_series(&self, token: &str) -> Result<StatsSeries, ApiError> {
+        send(self.request(Method::GET, "/api/admin/stats/series", Some(token))).await
+    }
+
+    /// Knowledge gaps of the last 30 days, ranked.
+    pub async fn gaps(&self, token: &str) -> Result<GapsReport, ApiError> {
+        send(self.request(Method::GET, "/api/admin/gaps", Some(token))).await
+    }
+
+    /// The latest answer ratings, newest first.
+    pub async fn feedback(&self, token: &str, limit: u32) -> Result<Vec<FeedbackEntry>, ApiError> {
+        let path = format!("/api/admin/feedback?limit={limit}");
+        send(self.request(Method::GET, &path, Some(token))).await
+    }
+
+    pub async fn documents(&self, token: &str) -> Result<Vec<KbDocument>, ApiError> {
+        send(self.request(Method::GET, "/api/admin/kb/documents", Some(token))).await
+    }
+
+    /// Uploads (or replaces) document `name`; the index is rebuilt before the answer.
+    pub async fn put_document(
+        &self,
+        token: &str,
+        name: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<KbDocument, ApiError> {
+        let path = format!("/api/admin/kb/documents/{}", encode_segment(name));
+        send(
+            self.request(Method::PUT, &path, Some(token))
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body),
+        )
+        .await
+    }
+
+    pub async fn delete_document(&self, token: &str, name: &str) -> Result<(), ApiError> {
+        let path = format!("/api/admin/kb/documents/{}", encode_segment(name));
+        send_no_body(self.request(Method::DELETE, &path, Some(token))).await
+    }
+
     fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
         let request = self.http.request(method, format!("{}{path}", self.base));
         match token {
@@ -152,6 +197,30 @@ async fn send<T: DeserializeOwned>(request: RequestBuilder) -> Result<T, ApiErro
     }
     let text = response.text().await.unwrap_or_default();
     Err(error_from_body(status, &text))
+}
+
+/// Like [`send`] for answers without a body (204).
+async fn send_no_body(request: RequestBuilder) -> Result<(), ApiError> {
+    let response = request.send().await?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let text = response.text().await.unwrap_or_default();
+    Err(error_from_body(status, &text))
+}
+
+/// Percent-encodes one path segment: a document name's `/` travels as `%2F`.
+pub fn encode_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// The server's `{"error":{...}}` body when there is one; otherwise the bare status
@@ -201,6 +270,12 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, ApiError::Network(_)), "{e:?}");
         assert!(e.to_string().to_lowercase().contains("refused"), "{e}");
+    }
+
+    #[test]
+    fn document_names_are_one_encoded_segment() {
+        assert_eq!(encode_segment("returns.md"), "returns.md");
+        assert_eq!(encode_segment("a/Oven 3.pdf"), "a%2FOven%203.pdf");
     }
 
     #[test]

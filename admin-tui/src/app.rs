@@ -4,9 +4,15 @@
 use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use protocol::admin::{AdminEvent, CleanupRun, KbInfo, SessionInfo, Stats};
+use protocol::admin::{
+    AdminEvent, CleanupRun, KbInfo, KbProgress, SessionInfo, Stats, StatsSeries,
+};
+use protocol::documents::KbDocument;
+use protocol::feedback::FeedbackEntry;
+use protocol::gaps::GapsReport;
 
 use crate::api::ApiError;
+use crate::views::{DocumentsView, FeedbackView, GapsView};
 
 /// Everything that arrives on the app channel.
 #[derive(Debug, Clone)]
@@ -24,6 +30,12 @@ pub enum AppEvent {
     RunsLoaded(Result<Vec<CleanupRun>, ApiError>),
     CleanupDone(Result<CleanupRun, ApiError>),
     StatsLoaded(Result<Stats, ApiError>),
+    SeriesLoaded(Result<StatsSeries, ApiError>),
+    GapsLoaded(Result<GapsReport, ApiError>),
+    FeedbackLoaded(Result<Vec<FeedbackEntry>, ApiError>),
+    DocumentsLoaded(Result<Vec<KbDocument>, ApiError>),
+    /// An upload or delete finished: what was done, or why it failed.
+    DocumentChanged(Result<String, ApiError>),
     /// Something failed in the background (token refresh, an unreadable frame).
     Error(String),
 }
@@ -40,11 +52,17 @@ pub enum ConnectionState {
 }
 
 /// Work for the run loop, produced by keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Quit,
     ReloadKb,
     RunCleanup,
+    LoadGaps,
+    LoadFeedback,
+    LoadDocuments,
+    /// Read this file and upload it under its file name.
+    UploadDocument(std::path::PathBuf),
+    DeleteDocument(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,10 +71,21 @@ pub enum Tab {
     Kb,
     Cleanup,
     Stats,
+    Gaps,
+    Feedback,
+    Documents,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 4] = [Tab::Sessions, Tab::Kb, Tab::Cleanup, Tab::Stats];
+    pub const ALL: [Tab; 7] = [
+        Tab::Sessions,
+        Tab::Kb,
+        Tab::Cleanup,
+        Tab::Stats,
+        Tab::Gaps,
+        Tab::Feedback,
+        Tab::Documents,
+    ];
 
     pub fn index(self) -> usize {
         match self {
@@ -64,6 +93,9 @@ impl Tab {
             Tab::Kb => 1,
             Tab::Cleanup => 2,
             Tab::Stats => 3,
+            Tab::Gaps => 4,
+            Tab::Feedback => 5,
+            Tab::Documents => 6,
         }
     }
 
@@ -73,10 +105,12 @@ impl Tab {
 }
 
 /// A dialog waiting for y/n.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Confirm {
     ReloadKb,
     RunCleanup,
+    /// Delete the named knowledge-base document.
+    DeleteDocument(String),
 }
 
 /// A long operation's state, for its tab.
@@ -115,6 +149,13 @@ pub struct App {
     /// clearing it on the next success would hide a flapping failure.
     pub last_error: Option<String>,
     pub should_quit: bool,
+    /// The latest progress of a knowledge-base load (cleared when it ends).
+    pub kb_progress: Option<KbProgress>,
+    /// The last hour, minute by minute, for the stats tab's sparklines.
+    pub series: Option<StatsSeries>,
+    pub gaps: GapsView,
+    pub feedback: FeedbackView,
+    pub documents: DocumentsView,
 }
 
 /// How many cleanup runs the console keeps and asks for.
@@ -139,6 +180,11 @@ impl App {
             show_help: false,
             last_error: None,
             should_quit: false,
+            kb_progress: None,
+            series: None,
+            gaps: GapsView::default(),
+            feedback: FeedbackView::default(),
+            documents: DocumentsView::default(),
         }
     }
 
@@ -150,7 +196,7 @@ impl App {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
             return self.quit();
         }
-        if let Some(confirm) = self.confirm {
+        if let Some(confirm) = self.confirm.clone() {
             return match key.code {
                 KeyCode::Char('y' | 'Y') | KeyCode::Enter => {
                     self.confirm = None;
@@ -163,17 +209,25 @@ impl App {
                 _ => None,
             };
         }
+        if self.documents.input.is_some() {
+            return self.documents.handle_input_key(key.code);
+        }
         if self.show_help {
             // Any key closes help; quitting from it takes a second press, which is harmless.
             self.show_help = false;
             return None;
         }
+        if self.tab == Tab::Gaps && self.gaps.open {
+            self.gaps.handle_open_key(key.code);
+            return None;
+        }
+        let tab_before = self.tab;
         match key.code {
             KeyCode::Char('q') | KeyCode::Esc => return self.quit(),
             KeyCode::Char('?') => self.show_help = true,
             KeyCode::Tab => self.tab = Tab::from_index(self.tab.index() + 1),
             KeyCode::BackTab => self.tab = Tab::from_index(self.tab.index() + Tab::ALL.len() - 1),
-            KeyCode::Char(c @ '1'..='4') => self.tab = Tab::from_index(c as usize - '1' as usize),
+            KeyCode::Char(c @ '1'..='7') => self.tab = Tab::from_index(c as usize - '1' as usize),
             KeyCode::Up | KeyCode::Char('k') => self.move_selection(-1),
             KeyCode::Down | KeyCode::Char('j') => self.move_selection(1),
             KeyCode::Home => self.move_selection(isize::MIN),
@@ -193,9 +247,37 @@ impl App {
                 }
             }
             KeyCode::Char('x') => self.last_error = None,
+            KeyCode::Enter if self.tab == Tab::Gaps => self.gaps.open_selected(),
+            KeyCode::Char('r')
+                if matches!(self.tab, Tab::Gaps | Tab::Feedback | Tab::Documents) =>
+            {
+                return self.load(self.tab);
+            }
+            KeyCode::Char('u') if self.tab == Tab::Documents => {
+                self.documents.input = Some(String::new());
+            }
+            KeyCode::Char('d') if self.tab == Tab::Documents => {
+                match self.documents.selected_name() {
+                    Some(name) => self.confirm = Some(Confirm::DeleteDocument(name)),
+                    None => self.last_error = Some("no document selected".into()),
+                }
+            }
             _ => {}
         }
+        if self.tab != tab_before {
+            return self.load(self.tab);
+        }
         None
+    }
+
+    /// What to fetch when a tab that has no live events is shown (or `r` is pressed on it).
+    fn load(&self, tab: Tab) -> Option<Action> {
+        match tab {
+            Tab::Gaps => Some(Action::LoadGaps),
+            Tab::Feedback => Some(Action::LoadFeedback),
+            Tab::Documents => Some(Action::LoadDocuments),
+            Tab::Sessions | Tab::Kb | Tab::Cleanup | Tab::Stats => None,
+        }
     }
 
     fn quit(&mut self) -> Option<Action> {
@@ -214,6 +296,11 @@ impl App {
                 self.cleanup = Job::Running { since };
                 Action::RunCleanup
             }
+            Confirm::DeleteDocument(name) => {
+                self.documents.busy = true;
+                self.documents.outcome = None;
+                Action::DeleteDocument(name)
+            }
         }
     }
 
@@ -221,6 +308,18 @@ impl App {
         let (selected, len) = match self.tab {
             Tab::Sessions => (&mut self.selected_session, self.sessions.len()),
             Tab::Cleanup => (&mut self.selected_run, self.runs.len()),
+            Tab::Gaps => {
+                let len = self.gaps.len();
+                (&mut self.gaps.selected, len)
+            }
+            Tab::Feedback => {
+                let len = self.feedback.len();
+                (&mut self.feedback.selected, len)
+            }
+            Tab::Documents => {
+                let len = self.documents.len();
+                (&mut self.documents.selected, len)
+            }
             Tab::Kb | Tab::Stats => return,
         };
         if len == 0 {
@@ -285,6 +384,26 @@ impl App {
                 }
                 Err(e) => self.last_error = Some(format!("stats: {e}")),
             },
+            AppEvent::SeriesLoaded(result) => match result {
+                Ok(series) => self.series = Some(series),
+                Err(e) => self.last_error = Some(format!("stats series: {e}")),
+            },
+            AppEvent::GapsLoaded(result) => match result {
+                Ok(report) => self.gaps.set(report),
+                Err(e) => self.last_error = Some(format!("gaps: {e}")),
+            },
+            AppEvent::FeedbackLoaded(result) => match result {
+                Ok(entries) => self.feedback.set(entries),
+                Err(e) => self.last_error = Some(format!("feedback: {e}")),
+            },
+            AppEvent::DocumentsLoaded(result) => match result {
+                Ok(documents) => self.documents.set(documents),
+                Err(e) => self.last_error = Some(format!("documents: {e}")),
+            },
+            AppEvent::DocumentChanged(result) => {
+                self.documents.busy = false;
+                self.documents.outcome = Some(result.map_err(|e| e.to_string()));
+            }
             AppEvent::Error(message) => self.last_error = Some(message),
         }
     }
@@ -306,7 +425,11 @@ impl App {
                 self.sessions.retain(|s| s.session_id != session_id);
             }
             // Another admin's reload (or ours, arriving before the HTTP answer).
-            AdminEvent::KbReloaded { kb } => self.kb = Some(kb),
+            AdminEvent::KbReloaded { kb } => {
+                self.kb = Some(kb);
+                self.kb_progress = None;
+            }
+            AdminEvent::KbProgress { progress } => self.kb_progress = Some(progress),
             AdminEvent::CleanupFinished { run } => self.add_run(run),
         }
         self.clamp_selection();
@@ -388,7 +511,7 @@ pub(crate) mod tests {
         assert_eq!(app.tab, Tab::Kb);
         app.handle_key(key(KeyCode::BackTab));
         app.handle_key(key(KeyCode::BackTab));
-        assert_eq!(app.tab, Tab::Stats, "back-tab wraps around");
+        assert_eq!(app.tab, Tab::Documents, "back-tab wraps around");
         app.handle_key(key(KeyCode::Char('3')));
         assert_eq!(app.tab, Tab::Cleanup);
         app.handle_key(key(KeyCode::Char('1')));

@@ -10,6 +10,8 @@
 //! - [`ui`]: `draw(frame, &App)`, a pure rendering of the state.
 //! - [`run`]: the event loop tying them together, and terminal setup/restore.
 //! - [`tls`]: the TLS provider for `wss://` event sockets.
+//! - [`ui_views`]: drawing of those views and of the reload progress bar.
+//! - [`views`]: state of the gaps, feedback and documents views (keys → actions, no I/O).
 
 pub mod api;
 pub mod app;
@@ -18,5 +20,7 @@ pub mod events;
 pub mod run;
 pub mod tls;
 pub mod ui;
+pub mod ui_views;
+pub mod views;
 
 pub use run::{Config, run};

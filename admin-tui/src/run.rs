@@ -2,6 +2,7 @@
 //! background requests; the loop applies each to the [`App`] and redraws. Requests run as
 //! spawned tasks so the screen never waits on the network.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,8 +12,10 @@ use ratatui::DefaultTerminal;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::ApiClient;
+use crate::api::ApiError;
 use crate::app::{Action, App, AppEvent, RUNS_SHOWN};
 use crate::auth::{self, Credentials};
+use crate::views::content_type_for;
 use crate::{events, ui};
 
 /// What `chat-admin` needs to start, already resolved from flags, environment and prompts.
@@ -28,6 +31,11 @@ const TICK: Duration = Duration::from_millis(500);
 /// How often stats and the cleanup-run list are fetched again (they have no live events
 /// for everything: message counts, scheduled runs on other instances).
 const POLL: Duration = Duration::from_secs(5);
+/// How many ratings the feedback view asks for.
+const FEEDBACK_SHOWN: u32 = 100;
+/// Files larger than this are not read for upload (the server's own limit is usually lower
+/// and answers with a clear 413).
+const MAX_UPLOAD_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Logs in, then runs the console until the user quits. The terminal is restored on every
 /// way out: normal return, error (the guard's drop) and panic (ratatui's panic hook).
@@ -77,14 +85,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         Some(Action::Quit) => break,
                         Some(Action::ReloadKb) => requests.reload(),
                         Some(Action::RunCleanup) => requests.cleanup(),
+                        Some(Action::LoadGaps) => requests.gaps(),
+                        Some(Action::LoadFeedback) => requests.feedback(),
+                        Some(Action::LoadDocuments) => requests.documents(),
+                        Some(Action::UploadDocument(path)) => requests.upload(path),
+                        Some(Action::DeleteDocument(name)) => requests.delete_document(name),
                         None => {}
                     },
+                    // A change shows in the list at once.
+                    changed @ AppEvent::DocumentChanged(_) => {
+                        app.apply(changed);
+                        requests.documents();
+                    }
                     other => app.apply(other),
                 }
             }
             // The first tick is immediate: the initial load.
             _ = poll.tick() => {
                 requests.stats();
+                requests.series();
                 requests.runs();
             }
         }
@@ -137,12 +156,93 @@ impl Requests {
         );
     }
 
+    fn series(&self) {
+        self.spawn(
+            |api, t| async move { api.stats_series(&t).await },
+            AppEvent::SeriesLoaded,
+        );
+    }
+
+    fn gaps(&self) {
+        self.spawn(
+            |api, t| async move { api.gaps(&t).await },
+            AppEvent::GapsLoaded,
+        );
+    }
+
+    fn feedback(&self) {
+        self.spawn(
+            |api, t| async move { api.feedback(&t, FEEDBACK_SHOWN).await },
+            AppEvent::FeedbackLoaded,
+        );
+    }
+
+    fn documents(&self) {
+        self.spawn(
+            |api, t| async move { api.documents(&t).await },
+            AppEvent::DocumentsLoaded,
+        );
+    }
+
+    fn upload(&self, path: PathBuf) {
+        self.spawn(
+            move |api, t| async move { upload_file(&api, &t, &path).await },
+            AppEvent::DocumentChanged,
+        );
+    }
+
+    fn delete_document(&self, name: String) {
+        self.spawn(
+            move |api, t| async move {
+                api.delete_document(&t, &name)
+                    .await
+                    .map(|()| format!("deleted {name}"))
+            },
+            AppEvent::DocumentChanged,
+        );
+    }
+
     fn stats(&self) {
         self.spawn(
             |api, t| async move { api.stats(&t).await },
             AppEvent::StatsLoaded,
         );
     }
+}
+
+/// Reads `path` from the admin's disk and uploads it under its file name, typed by extension.
+pub async fn upload_file(api: &ApiClient, token: &str, path: &Path) -> Result<String, ApiError> {
+    let local = |message: String| ApiError::Server {
+        status: 0,
+        code: None,
+        message,
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| local(format!("{}: not a file name", path.display())))?;
+    let content_type = content_type_for(path).ok_or_else(|| {
+        local(format!(
+            "{name}: only .md, .txt, .html and .pdf files can be uploaded"
+        ))
+    })?;
+    let size = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| local(format!("{}: {e}", path.display())))?
+        .len();
+    if size > MAX_UPLOAD_BYTES {
+        return Err(local(format!(
+            "{name}: {size} bytes is too large to upload"
+        )));
+    }
+    let body = tokio::fs::read(path)
+        .await
+        .map_err(|e| local(format!("{}: {e}", path.display())))?;
+    let document = api.put_document(token, name, content_type, body).await?;
+    Ok(format!(
+        "uploaded {} ({} chunks)",
+        document.name, document.chunks
+    ))
 }
 
 /// Keys, resizes and ticks into the app channel.

@@ -23,9 +23,12 @@ pub fn draw(frame: &mut Frame, app: &App) {
         Tab::Kb => draw_kb(frame, app, body),
         Tab::Cleanup => draw_cleanup(frame, app, body),
         Tab::Stats => draw_stats(frame, app, body),
+        Tab::Gaps => crate::ui_views::draw_gaps(frame, app, body),
+        Tab::Feedback => crate::ui_views::draw_feedback(frame, app, body),
+        Tab::Documents => crate::ui_views::draw_documents(frame, app, body),
     }
     draw_status(frame, app, status);
-    if let Some(confirm) = app.confirm {
+    if let Some(confirm) = app.confirm.clone() {
         draw_confirm(frame, confirm);
     } else if app.show_help {
         draw_help(frame);
@@ -38,6 +41,9 @@ fn draw_tabs(frame: &mut Frame, app: &App, area: Rect) {
         "2 Knowledge base".to_owned(),
         format!("3 Cleanup ({})", app.runs.len()),
         "4 Stats".to_owned(),
+        "5 Gaps".to_owned(),
+        "6 Feedback".to_owned(),
+        "7 Documents".to_owned(),
     ];
     let tabs = Tabs::new(titles)
         .select(app.tab.index())
@@ -121,6 +127,9 @@ fn draw_kb(frame: &mut Frame, app: &App, area: Rect) {
             lines.push(Line::from("Reload finished: the figures below are from it.").green())
         }
         Job::Failed(e) => lines.push(Line::from(format!("Reload failed: {e}")).red().bold()),
+    }
+    if let Some(progress) = &app.kb_progress {
+        lines.push(crate::ui_views::progress_line(progress));
     }
     if !lines.is_empty() {
         lines.push(Line::from(""));
@@ -276,7 +285,17 @@ fn draw_stats(frame: &mut Frame, app: &App, area: Rect) {
         Row::new([Cell::from(name), value])
     });
     let table = Table::new(rows, [Constraint::Length(16), Constraint::Min(8)]).block(block);
-    frame.render_widget(table, area);
+    match &app.series {
+        None => frame.render_widget(table, area),
+        Some(series) => {
+            let [table_area, series_area] = area.layout(&Layout::vertical([
+                Constraint::Length(9),
+                Constraint::Min(0),
+            ]));
+            frame.render_widget(table, table_area);
+            crate::ui_views::draw_series(frame, series, series_area);
+        }
+    }
 }
 
 fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
@@ -313,7 +332,13 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
 }
 
 fn draw_confirm(frame: &mut Frame, confirm: Confirm) {
+    let delete_question;
     let (title, question) = match confirm {
+        Confirm::DeleteDocument(name) => {
+            delete_question =
+                format!("Delete the document {name}? Answers stop using it on every instance.");
+            (" Delete document ", delete_question.as_str())
+        }
         Confirm::ReloadKb => (
             " Reload knowledge base ",
             "Reload the knowledge base from disk now? Questions in flight keep the old index.",
@@ -341,10 +366,29 @@ fn draw_confirm(frame: &mut Frame, confirm: Confirm) {
 fn draw_help(frame: &mut Frame) {
     let keys = [
         ("Tab / Shift-Tab", "next / previous tab"),
-        ("1 2 3 4", "sessions, knowledge base, cleanup, stats"),
+        (
+            "1 … 7",
+            "sessions, knowledge base, cleanup, stats, gaps, feedback, documents",
+        ),
         ("↑ ↓ (k j)", "select a row"),
-        ("r", "reload the knowledge base (knowledge-base tab)"),
+        (
+            "r",
+            "reload the knowledge base (knowledge-base tab); refresh (tabs 5-7)",
+        ),
         ("c", "run a cleanup now (cleanup tab)"),
+        (
+            "(stats tab)",
+            "sparklines of the last hour: asks/min, latency p50/p95, provider errors",
+        ),
+        (
+            "Enter",
+            "open the selected knowledge gap (gaps tab); Esc goes back",
+        ),
+        ("u", "upload a file from this disk by path (documents tab)"),
+        (
+            "d",
+            "delete the selected document, after a y/n (documents tab)",
+        ),
         ("x", "dismiss the last error"),
         ("?", "this help"),
         ("q / Esc / Ctrl-C", "quit"),
@@ -358,7 +402,7 @@ fn draw_help(frame: &mut Frame) {
             ])
         })
         .collect();
-    let area = popup(frame.area(), 72, lines.len() as u16 + 2);
+    let area = popup(frame.area(), 90, lines.len() as u16 + 2);
     frame.render_widget(Clear, area);
     frame.render_widget(
         Paragraph::new(lines).block(Block::bordered().title(" Keys (any key closes) ")),

@@ -142,8 +142,8 @@ async fn event_socket_sees_sessions_reloads_and_cleanups() {
                 assert_eq!(event.id, run.id);
                 saw_run = true;
             }
-            // Session updates (the ready frame, counters) may interleave.
-            AdminEvent::SessionUpdated { .. } => {}
+            // Session updates (the ready frame, counters) and reload progress may interleave.
+            AdminEvent::SessionUpdated { .. } | AdminEvent::KbProgress { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -258,5 +258,87 @@ async fn access_token_is_refreshed_before_it_expires() {
         .await
         .expect("the refresher stops once nobody reads the token")
         .unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn console_reads_gaps_and_feedback_and_uploads_and_deletes_documents() {
+    let app = spawn_with_admin().await;
+    let api = ApiClient::new(&app.base);
+    let admin = api.login("boss", ADMIN_PASSWORD).await.unwrap();
+    let token = admin.access.as_str();
+
+    // A refused question and a rated answer, through the real chat API.
+    let alice = app.user_tokens("alice").await;
+    let answer: serde_json::Value = app
+        .post_json_authed(
+            "/api/chat/",
+            &alice.access,
+            &serde_json::json!({"message": "Can I bring my dog into the store?"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = answer["message_id"].as_str().unwrap();
+    let rated = app
+        .post_json_authed(
+            &format!("/api/messages/{id}/feedback"),
+            &alice.access,
+            &serde_json::json!({"rating": "down", "comment": "no answer"}),
+        )
+        .await;
+    assert_eq!(rated.status(), 200);
+    let series = api.stats_series(token).await.unwrap();
+    assert_eq!(series.minutes.len(), 60);
+    assert_eq!(series.minutes.iter().map(|m| m.asks).sum::<i64>(), 1);
+    let feedback = api.feedback(token, 10).await.unwrap();
+    assert_eq!(feedback.len(), 1);
+    assert_eq!(feedback[0].comment.as_deref(), Some("no answer"));
+    let mut gaps = api.gaps(token).await.unwrap();
+    for _ in 0..100 {
+        if !gaps.gaps.is_empty() {
+            break;
+        }
+        // The question's signals are recorded just after the answer.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gaps = api.gaps(token).await.unwrap();
+    }
+    assert_eq!(gaps.gaps.len(), 1);
+    assert_eq!(
+        gaps.gaps[0].representative,
+        "Can I bring my dog into the store?"
+    );
+
+    // Upload a file from disk by path, as the Documents view does, then delete it.
+    let dir = std::env::temp_dir().join(format!("chat-admin-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pets.md");
+    std::fs::write(
+        &path,
+        "# Pets\n\nDogs on a lead are welcome in every store.",
+    )
+    .unwrap();
+    let done = admin_tui::run::upload_file(&api, token, &path)
+        .await
+        .unwrap();
+    assert!(done.starts_with("uploaded pets.md"), "{done}");
+    let listed = api.documents(token).await.unwrap();
+    assert!(listed.iter().any(|d| d.name == "pets.md" && d.chunks == 1));
+    let unsupported = dir.join("pets.docx");
+    std::fs::write(&unsupported, "x").unwrap();
+    let refused = admin_tui::run::upload_file(&api, token, &unsupported).await;
+    assert!(refused.unwrap_err().to_string().contains(".md"));
+    api.delete_document(token, "pets.md").await.unwrap();
+    assert!(
+        !api.documents(token)
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.name == "pets.md")
+    );
+    let missing = api.delete_document(token, "pets.md").await.unwrap_err();
+    assert_eq!(missing.code(), Some(ErrorCode::NotFound));
+    let _ = std::fs::remove_dir_all(&dir);
     app.stop().await;
 }

@@ -123,4 +123,50 @@ pub enum AdminEvent {
     CleanupFinished {
         run: CleanupRun,
     },
+    /// A knowledge-base load on this instance moved on (sent while it runs; `kb_reloaded`
+    /// follows when it ends).
+    KbProgress {
+        progress: KbProgress,
+    },
+}
+
+/// How far a knowledge-base load has got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KbProgress {
+    /// `reading` (documents read, vectors looked up in the cache), `embedding`, `indexing`,
+    /// `done`.
+    pub phase: String,
+    /// Documents read.
+    pub documents: usize,
+    /// Chunks the load needs vectors for.
+    pub chunks_total: usize,
+    /// Chunks whose vector is ready (cache hits plus those embedded so far).
+    pub chunks_ready: usize,
+    /// Chunks embedded by the provider so far in this load.
+    pub chunks_embedded: usize,
+    /// Chunks whose vector came from the embedding cache.
+    pub cache_hits: usize,
+}
+
+/// One minute of `GET /api/admin/stats/series`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MinuteStats {
+    /// Start of the minute.
+    pub at: DateTime<Utc>,
+    /// Questions asked.
+    pub asks: i64,
+    /// Answer latency (question to last token) of the answers stored in this minute.
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    /// Answers that ended with a provider error (`provider_unavailable`, `content_blocked`).
+    pub provider_errors: i64,
+}
+
+/// `GET /api/admin/stats/series`: the last hour, one entry per minute, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StatsSeries {
+    pub minutes: Vec<MinuteStats>,
 }

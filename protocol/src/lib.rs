@@ -10,6 +10,8 @@
 //! - [`ws`]: chat WebSocket frames, client → server ([`ws::ClientFrame`]) and server → client ([`ws::ServerFrame`]).
 //! - [`admin`]: bodies of the admin API and the frames of its live event socket.
 //! - [`secret`]: a string that is never printed (passwords, tokens, keys).
+//! - [`feedback`], [`gaps`], [`documents`]: answer ratings, the knowledge-gaps report and the
+//!   knowledge-base documents of the admin API.
 
 pub mod admin;
 pub mod auth;
@@ -20,3 +22,7 @@ pub mod ws;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use secret::Secret;
+
+pub mod documents;
+pub mod feedback;
+pub mod gaps;

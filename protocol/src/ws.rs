@@ -6,6 +6,7 @@ use uuid::Uuid;
 use crate::auth::User;
 use crate::chat::{Done, Source};
 use crate::error::ErrorCode;
+use crate::feedback::Rating;
 
 /// Client → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +33,14 @@ pub enum ClientFrame {
         after_seq: Option<u64>,
     },
     Ping,
+    /// Rates one of the caller's answers (a new rating replaces the old); answered by
+    /// `feedback_ack`, or an `error` frame (`not_found` for someone else's answer).
+    Feedback {
+        message_id: Uuid,
+        rating: Rating,
+        #[serde(default)]
+        comment: Option<String>,
+    },
 }
 
 /// Server → client.
@@ -66,6 +75,10 @@ pub enum ServerFrame {
         retry_after: Option<u64>,
     },
     Pong,
+    /// The `feedback` frame for this answer was stored.
+    FeedbackAck {
+        message_id: Uuid,
+    },
 }
 
 /// Close code sent when the access token expires unrenewed.

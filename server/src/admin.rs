@@ -30,6 +30,9 @@ use crate::jobs::cleanup;
 use crate::rag::RagError;
 use crate::state::AppState;
 
+mod documents;
+mod insight;
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(sessions))
@@ -41,6 +44,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cleanup_runs))
         .routes(routes!(stats))
         .route("/api/admin/events", axum::routing::get(events))
+        .routes(routes!(insight::gaps_report))
+        .routes(routes!(insight::feedback_list))
+        .routes(routes!(insight::stats_series))
+        .routes(routes!(documents::list_documents))
+        .routes(routes!(documents::put_document, documents::delete_document))
 }
 
 impl From<RagError> for ApiError {

@@ -323,6 +323,18 @@ pub struct Config {
     /// list `[{id, user_message, ai_response, created_at}]` (newest 100) instead of a page.
     #[arg(long, env = "SEED_COMPAT_HISTORY", value_parser = clap::builder::BoolishValueParser::new())]
     pub seed_compat_history: bool,
+    // --- knowledge gaps and documents ---
+    /// Cosine similarity at which two questions join one knowledge gap [default: halfway
+    /// between the embedder's relevance threshold and 1: 0.68 for all-MiniLM-L6-v2].
+    #[arg(long, env = "GAPS_SIMILARITY")]
+    pub gaps_similarity: Option<f32>,
+    /// Best-passage similarity under which an answered question counts as weakly grounded
+    /// [default: the relevance threshold + 0.05].
+    #[arg(long, env = "GAPS_WEAK_SCORE")]
+    pub gaps_weak_score: Option<f32>,
+    /// Largest document accepted by `PUT /api/admin/kb/documents/{name}`, in bytes.
+    #[arg(long, env = "KB_MAX_DOCUMENT_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub kb_max_document_bytes: usize,
 }
 
 /// A configuration problem found at start.

@@ -21,6 +21,7 @@
 //!   every instance.
 //! - [`web`]: the browser chat page at `/` and its assets, with the page security headers.
 //! - [`import_django`]: `chat-server import-django`, the Django prototype's users and history.
+//! - [`gaps`]: per-question retrieval signals and the knowledge-gaps report (grouped by meaning).
 
 pub mod admin;
 pub mod answer;
@@ -32,6 +33,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod gaps;
 pub mod http;
 pub mod import_django;
 pub mod jobs;

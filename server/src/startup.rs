@@ -70,6 +70,11 @@ impl Application {
             shutdown,
             tasks,
         };
+        // Knowledge-base loads report their progress to the admin event socket.
+        let admin_events = state.sessions.event_sender();
+        state.answerer.rag().on_progress(move |progress| {
+            let _ = admin_events.send(protocol::admin::AdminEvent::KbProgress { progress });
+        });
         crate::jobs::start(&state).await?;
         state.tasks.spawn(crate::telemetry::upkeep(
             state.metrics.clone(),

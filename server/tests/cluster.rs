@@ -52,11 +52,14 @@ where
     }
 }
 
-/// The next admin event that is not a `session_updated`.
+/// The next admin event that is not a `session_updated` or a reload's `kb_progress`.
 async fn next_event(ws: &mut Ws) -> AdminEvent {
     loop {
         let event: AdminEvent = serde_json::from_value(next_frame(ws).await).unwrap();
-        if !matches!(event, AdminEvent::SessionUpdated { .. }) {
+        if !matches!(
+            event,
+            AdminEvent::SessionUpdated { .. } | AdminEvent::KbProgress { .. }
+        ) {
             return event;
         }
     }

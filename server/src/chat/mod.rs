@@ -13,6 +13,7 @@
 //! - [`durable`]: the final write of an answer, retried through a database outage.
 //! - [`orphans`]: answers of processes that died become `interrupted`.
 //! - [`compat`]: the Django prototype's history shape (`SEED_COMPAT_HISTORY`).
+//! - [`feedback`]: `POST /api/messages/{id}/feedback` (and the socket's `feedback` frame).
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -22,6 +23,7 @@ use crate::state::AppState;
 pub mod compat;
 mod durable;
 pub mod orphans;
+pub mod feedback;
 pub mod pipeline;
 pub mod rest;
 pub mod sessions;
@@ -37,4 +39,5 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rest::list_conversations))
         .routes(routes!(rest::conversation_messages))
         .routes(routes!(rest::delete_conversation))
+        .routes(routes!(feedback::rate_answer))
 }

@@ -368,6 +368,9 @@ pub(crate) async fn generate(state: AppState, accepted: Accepted, log: Arc<Answe
         }
     }
 
+    if finish_reason == FinishReason::Stop {
+        crate::gaps::record_later(&state, accepted.question_id, &accepted.question, &text);
+    }
     metrics::counter!("chat_answers_total", "finish_reason" => finish_reason_label(finish_reason))
         .increment(1);
     metrics::histogram!("chat_answer_seconds").record(latency.as_secs_f64());

@@ -515,6 +515,19 @@ impl Connection {
                     }
                 }
             }
+            ClientFrame::Feedback {
+                message_id,
+                rating,
+                comment,
+            } => {
+                let db = &self.state.db;
+                match super::feedback::rate(db, self.user.id, message_id, rating, comment).await {
+                    Ok(_) => {
+                        self.send(ServerFrame::FeedbackAck { message_id }).await;
+                    }
+                    Err(e) => self.send_error(None, e).await,
+                }
+            }
             ClientFrame::Resume { id, after_seq } => {
                 if let Err(e) = self.check_resume() {
                     self.send_error(Some(id), e).await;

@@ -5,16 +5,20 @@
 //! - `loader`: files → chunks (headings, paragraphs, size bound, overlap).
 //! - `embed`: the [`Embedder`](embed::Embedder) trait and its local, Gemini and OpenAI forms.
 //! - `cache`: the embedding cache table.
+//! - `documents`: documents stored through the admin API, laid over the folder.
 //! - `index`: FAISS + BM25 and their fusion.
 //! - `eval`: retrieval and answer quality on a question set.
+//! - `progress`: where loads report how far they have got (the admin event socket).
 
 pub mod cache;
+pub mod documents;
 pub mod embed;
 pub mod eval;
 pub mod html;
 pub mod index;
 pub mod loader;
 pub mod markup;
+pub mod progress;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -98,6 +102,8 @@ pub struct Rag {
     /// One reload at a time; a second caller gets [`RagError::ReloadInProgress`] instead of
     /// paying for the same embeddings twice.
     reload_lock: tokio::sync::Mutex<()>,
+    /// Where reloads report their progress.
+    progress: progress::ProgressSink,
 }
 
 impl Rag {
@@ -132,7 +138,8 @@ impl Rag {
     ) -> anyhow::Result<Arc<Rag>> {
         let threshold = threshold.unwrap_or_else(|| embedder.relevance_threshold());
         let embedder: Arc<dyn Embedder> = Arc::new(embed::QueryCache::new(embedder));
-        let snapshot = build_snapshot(embedder.as_ref(), &db, &kb_dir).await?;
+        let progress = progress::ProgressSink::default();
+        let snapshot = build_snapshot(embedder.as_ref(), &db, &kb_dir, &progress).await?;
         log_loaded(&snapshot.info);
         Ok(Arc::new(Rag {
             embedder,
@@ -141,6 +148,7 @@ impl Rag {
             threshold,
             current: ArcSwap::from_pointee(snapshot),
             reload_lock: tokio::sync::Mutex::new(()),
+            progress,
         }))
     }
 
@@ -151,7 +159,13 @@ impl Rag {
             .reload_lock
             .try_lock()
             .map_err(|_| RagError::ReloadInProgress)?;
-        let snapshot = build_snapshot(self.embedder.as_ref(), &self.db, &self.kb_dir).await?;
+        let snapshot = build_snapshot(
+            self.embedder.as_ref(),
+            &self.db,
+            &self.kb_dir,
+            &self.progress,
+        )
+        .await?;
         let info = snapshot.info.clone();
         log_loaded(&info);
         self.current.store(Arc::new(snapshot));
@@ -240,13 +254,17 @@ async fn build_snapshot(
     embedder: &dyn Embedder,
     db: &Pool,
     kb_dir: &std::path::Path,
+    progress: &progress::ProgressSink,
 ) -> Result<Snapshot, RagError> {
     let started = Instant::now();
     let dir = kb_dir.to_owned();
-    let loaded = tokio::task::spawn_blocking(move || loader::load_dir(&dir))
+    let mut loaded = tokio::task::spawn_blocking(move || loader::load_dir(&dir))
         .await
         .context("the loader task failed")?
         .with_context(|| format!("reading the knowledge base folder {}", kb_dir.display()))?;
+    documents::overlay(db, kb_dir, &mut loaded)
+        .await
+        .context("reading the stored documents")?;
 
     let key = cache::CacheKey {
         provider: embedder.provider(),
@@ -267,6 +285,18 @@ async fn build_snapshot(
         }
     }
     let mut embedded = 0;
+    let cache_hits = texts.len() - missing.len();
+    let report = |phase: &str, embedded: usize| {
+        progress.report(protocol::admin::KbProgress {
+            phase: phase.to_owned(),
+            documents: loaded.documents,
+            chunks_total: texts.len(),
+            chunks_ready: cache_hits + embedded,
+            chunks_embedded: embedded,
+            cache_hits,
+        })
+    };
+    report("reading", 0);
     for batch in missing.chunks(EMBED_BATCH) {
         let batch_texts: Vec<String> = batch.iter().map(|(_, t)| t.clone()).collect();
         let vectors = embedder.embed(&batch_texts, EmbedKind::Document).await?;
@@ -277,7 +307,9 @@ async fn build_snapshot(
             .context("writing the embedding cache")?;
         embedded += entries.len();
         known.extend(entries);
+        report("embedding", embedded);
     }
+    report("indexing", embedded);
     metrics::counter!("rag_chunks_embedded_total").increment(embedded as u64);
 
     let dimension = embedder.dimension();
@@ -294,6 +326,7 @@ async fn build_snapshot(
     })
     .await
     .context("the index task failed")??;
+    report("done", embedded);
     let info = KbInfo {
         documents,
         chunks: chunk_count,
