@@ -3,7 +3,7 @@
 //! Methods take the access token as an argument rather than holding one, so the token
 //! refresher ([`crate::auth`]) stays the only owner of the current pair.
 
-use protocol::admin::{CleanupRun, KbInfo, SessionInfo, Stats, StatsSeries};
+use protocol::admin::{CleanupRun, KbInfo, RecentQuestion, SessionInfo, Stats, StatsSeries};
 use protocol::auth::{LoginRequest, RefreshRequest, TokenPair};
 use protocol::documents::KbDocument;
 use protocol::feedback::FeedbackEntry;
@@ -141,6 +141,17 @@ impl ApiClient {
     /// The last hour, minute by minute: asks, answer latency p50/p95, provider errors.
     pub async fn stats_series(&self, token: &str) -> Result<StatsSeries, ApiError> {
         send(self.request(Method::GET, "/api/admin/stats/series", Some(token))).await
+    }
+
+    /// A user's latest questions with the start of each answer, newest first.
+    pub async fn user_questions(
+        &self,
+        token: &str,
+        user_id: uuid::Uuid,
+        limit: u32,
+    ) -> Result<Vec<RecentQuestion>, ApiError> {
+        let path = format!("/api/admin/users/{user_id}/questions?limit={limit}");
+        send(self.request(Method::GET, &path, Some(token))).await
     }
 
     /// Knowledge gaps of the last 30 days, ranked.

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use protocol::admin::{
-    AdminEvent, CleanupRun, KbInfo, KbProgress, SessionInfo, Stats, StatsSeries,
+    AdminEvent, CleanupRun, KbInfo, KbProgress, RecentQuestion, SessionInfo, Stats, StatsSeries,
 };
 use protocol::documents::KbDocument;
 use protocol::feedback::FeedbackEntry;
@@ -31,6 +31,8 @@ pub enum AppEvent {
     CleanupDone(Result<CleanupRun, ApiError>),
     StatsLoaded(Result<Stats, ApiError>),
     SeriesLoaded(Result<StatsSeries, ApiError>),
+    /// A user's recent questions, for the session detail (tagged with the user's id).
+    QuestionsLoaded(uuid::Uuid, Result<Vec<RecentQuestion>, ApiError>),
     GapsLoaded(Result<GapsReport, ApiError>),
     FeedbackLoaded(Result<Vec<FeedbackEntry>, ApiError>),
     DocumentsLoaded(Result<Vec<KbDocument>, ApiError>),
@@ -63,6 +65,8 @@ pub enum Action {
     /// Read this file and upload it under its file name.
     UploadDocument(std::path::PathBuf),
     DeleteDocument(String),
+    /// Fetch this user's recent questions (the session detail).
+    LoadQuestions(uuid::Uuid),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +157,8 @@ pub struct App {
     pub kb_progress: Option<KbProgress>,
     /// The last hour, minute by minute, for the stats tab's sparklines.
     pub series: Option<StatsSeries>,
+    /// The session whose detail is open, and its user's recent questions once loaded.
+    pub session_detail: Option<(uuid::Uuid, Option<Vec<RecentQuestion>>)>,
     pub gaps: GapsView,
     pub feedback: FeedbackView,
     pub documents: DocumentsView,
@@ -182,6 +188,7 @@ impl App {
             should_quit: false,
             kb_progress: None,
             series: None,
+            session_detail: None,
             gaps: GapsView::default(),
             feedback: FeedbackView::default(),
             documents: DocumentsView::default(),
@@ -217,6 +224,15 @@ impl App {
             self.show_help = false;
             return None;
         }
+        if self.tab == Tab::Sessions && self.session_detail.is_some() {
+            if matches!(
+                key.code,
+                KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') | KeyCode::Backspace
+            ) {
+                self.session_detail = None;
+            }
+            return None;
+        }
         if self.tab == Tab::Gaps && self.gaps.open {
             self.gaps.handle_open_key(key.code);
             return None;
@@ -248,6 +264,12 @@ impl App {
             }
             KeyCode::Char('x') => self.last_error = None,
             KeyCode::Enter if self.tab == Tab::Gaps => self.gaps.open_selected(),
+            KeyCode::Enter if self.tab == Tab::Sessions => {
+                if let Some(session) = self.sessions.get(self.selected_session) {
+                    self.session_detail = Some((session.session_id, None));
+                    return Some(Action::LoadQuestions(session.user_id));
+                }
+            }
             KeyCode::Char('r')
                 if matches!(self.tab, Tab::Gaps | Tab::Feedback | Tab::Documents) =>
             {
@@ -384,6 +406,22 @@ impl App {
                 }
                 Err(e) => self.last_error = Some(format!("stats: {e}")),
             },
+            AppEvent::QuestionsLoaded(user_id, result) => {
+                let open_for_user = self.session_detail.as_ref().is_some_and(|(id, _)| {
+                    self.sessions
+                        .iter()
+                        .any(|s| s.session_id == *id && s.user_id == user_id)
+                });
+                match result {
+                    Ok(questions) if open_for_user => {
+                        if let Some((_, slot)) = self.session_detail.as_mut() {
+                            *slot = Some(questions);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => self.last_error = Some(format!("recent questions: {e}")),
+                }
+            }
             AppEvent::SeriesLoaded(result) => match result {
                 Ok(series) => self.series = Some(series),
                 Err(e) => self.last_error = Some(format!("stats series: {e}")),

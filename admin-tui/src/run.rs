@@ -90,6 +90,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         Some(Action::LoadDocuments) => requests.documents(),
                         Some(Action::UploadDocument(path)) => requests.upload(path),
                         Some(Action::DeleteDocument(name)) => requests.delete_document(name),
+                        Some(Action::LoadQuestions(user_id)) => requests.questions(user_id),
                         None => {}
                     },
                     // A change shows in the list at once.
@@ -154,6 +155,16 @@ impl Requests {
             |api, t| async move { api.cleanup_runs(&t, RUNS_SHOWN).await },
             AppEvent::RunsLoaded,
         );
+    }
+
+    fn questions(&self, user_id: uuid::Uuid) {
+        let token = self.access.borrow().clone();
+        let tx = self.tx.clone();
+        let api = self.api.clone();
+        tokio::spawn(async move {
+            let result = api.user_questions(&token, user_id, 10).await;
+            let _ = tx.send(AppEvent::QuestionsLoaded(user_id, result)).await;
+        });
     }
 
     fn series(&self) {

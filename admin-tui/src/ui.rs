@@ -108,6 +108,7 @@ fn draw_sessions(frame: &mut Frame, app: &App, area: Rect) {
     // visible on its own.
     let mut state = TableState::default().with_selected(Some(app.selected_session));
     frame.render_stateful_widget(table, area, &mut state);
+    crate::ui_views::draw_session_detail(frame, app, area);
 }
 
 fn draw_kb(frame: &mut Frame, app: &App, area: Rect) {
@@ -382,7 +383,7 @@ fn draw_help(frame: &mut Frame) {
         ),
         (
             "Enter",
-            "open the selected knowledge gap (gaps tab); Esc goes back",
+            "open the selected session or knowledge gap; Esc goes back",
         ),
         ("u", "upload a file from this disk by path (documents tab)"),
         (

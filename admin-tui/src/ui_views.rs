@@ -256,6 +256,80 @@ pub fn draw_documents(frame: &mut Frame, app: &App, area: Rect) {
     frame.render_widget(Paragraph::new(status), status_area);
 }
 
+/// The open session's detail over the sessions table: who, from where, answering now (live,
+/// from the event socket), and the user's recent questions with the start of each answer.
+pub fn draw_session_detail(frame: &mut Frame, app: &App, area: Rect) {
+    let Some((session_id, questions)) = &app.session_detail else {
+        return;
+    };
+    let Some(session) = app.sessions.iter().find(|s| s.session_id == *session_id) else {
+        let popup = area.centered(Constraint::Length(50), Constraint::Length(3));
+        frame.render_widget(Clear, popup);
+        frame.render_widget(
+            Paragraph::new("This session has ended. Esc: back").block(Block::bordered()),
+            popup,
+        );
+        return;
+    };
+    let mut lines = vec![
+        Line::from(vec![
+            Span::from(session.username.clone()).bold(),
+            Span::from(format!(
+                "  connected {}  from {}  asks {}",
+                short_time(session.connected_at),
+                session.remote_addr.as_deref().unwrap_or("-"),
+                session.asks
+            )),
+        ]),
+        if session.answering > 0 {
+            Line::from(format!("answering now: {}", session.answering))
+                .green()
+                .bold()
+        } else {
+            Line::from("idle").dark_gray()
+        },
+        Line::from(""),
+        Line::from("Recent questions, newest first:").bold(),
+    ];
+    match questions {
+        None => lines.push(Line::from("  loading…")),
+        Some(q) if q.is_empty() => lines.push(Line::from("  none yet")),
+        Some(q) => {
+            for item in q {
+                let status = match item.answer_status {
+                    None => "answering…".to_owned(),
+                    Some(s) => format!("{s:?}").to_lowercase(),
+                };
+                lines.push(Line::from(format!(
+                    "  {}  {}  [{status}]",
+                    short_time(item.asked_at),
+                    item.question
+                )));
+                if let Some(answer) = &item.answer_excerpt {
+                    let short: String = answer.replace('\n', " ").chars().take(140).collect();
+                    lines.push(Line::from(format!("      → {short}")).dark_gray());
+                }
+            }
+        }
+    }
+    lines.push(Line::from(""));
+    lines.push(Line::from("Esc / Enter: back").dark_gray());
+    let height = (lines.len() as u16).saturating_add(2);
+    let popup = area.centered(
+        Constraint::Length(area.width.saturating_sub(4).min(120)),
+        Constraint::Length(height.min(area.height)),
+    );
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::bordered()
+                .title(" Session ")
+                .border_style(Color::Cyan),
+        ),
+        popup,
+    );
+}
+
 /// Sparklines of the last hour (one bar per minute): asks, latency p50 and p95, provider
 /// errors, each titled with its latest and highest value.
 pub fn draw_series(frame: &mut Frame, series: &StatsSeries, area: Rect) {
@@ -613,6 +687,43 @@ mod tests {
             "{screen}"
         );
         assert!(screen.contains("messages"), "the counts stay: {screen}");
+    }
+
+    #[test]
+    fn enter_opens_a_session_with_its_recent_questions() {
+        let mut app = App::new("http://x");
+        app.apply(AppEvent::Server(protocol::admin::AdminEvent::Snapshot {
+            sessions: vec![crate::app::tests::session("alice", 1)],
+        }));
+        let user_id = app.sessions[0].user_id;
+        assert_eq!(
+            app.handle_key(key(KeyCode::Enter)),
+            Some(Action::LoadQuestions(user_id))
+        );
+        assert!(render(&app, 120, 16).contains("loading…"));
+        app.apply(AppEvent::QuestionsLoaded(
+            user_id,
+            Ok(vec![protocol::admin::RecentQuestion {
+                asked_at: at(30, 9),
+                question: "How long do refunds take?".into(),
+                answer_status: Some(protocol::chat::MessageStatus::Complete),
+                answer_excerpt: Some("Refunds are issued within 5 business days.".into()),
+            }]),
+        ));
+        let screen = render(&app, 120, 16);
+        assert!(screen.contains("answering now: 1"), "{screen}");
+        assert!(
+            screen.contains("How long do refunds take?  [complete]"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("→ Refunds are issued within 5 business days."),
+            "{screen}"
+        );
+        // `q` closes the detail, it does not quit.
+        assert_eq!(app.handle_key(key(KeyCode::Char('q'))), None);
+        assert!(app.session_detail.is_none());
+        assert!(!app.should_quit);
     }
 
     #[test]

@@ -170,3 +170,16 @@ pub struct MinuteStats {
 pub struct StatsSeries {
     pub minutes: Vec<MinuteStats>,
 }
+
+/// One of a user's recent questions (`GET /api/admin/users/{id}/questions`), for the console's
+/// session detail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecentQuestion {
+    pub asked_at: DateTime<Utc>,
+    pub question: String,
+    /// `None` while the answer is being generated.
+    pub answer_status: Option<crate::chat::MessageStatus>,
+    /// The first 300 characters of the answer.
+    pub answer_excerpt: Option<String>,
+}

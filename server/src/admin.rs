@@ -47,6 +47,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(insight::gaps_report))
         .routes(routes!(insight::feedback_list))
         .routes(routes!(insight::stats_series))
+        .routes(routes!(insight::user_questions))
         .routes(routes!(documents::list_documents))
         .routes(routes!(documents::put_document, documents::delete_document))
 }

@@ -274,3 +274,43 @@ async fn the_stats_series_covers_the_last_hour_minute_by_minute() {
     assert_eq!(response.status(), 403);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_admin_reads_a_users_recent_questions() {
+    let (app, admin) = spawn().await;
+    let alice = app.user_tokens("alice").await;
+    ask(&app, &alice.access, ANSWERABLE).await;
+    ask(&app, &alice.access, PETS[0]).await;
+    let id: uuid::Uuid = app
+        .db()
+        .await
+        .query_one("SELECT id FROM users WHERE username = 'alice'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let recent: Vec<protocol::admin::RecentQuestion> = app
+        .get_json(&format!("/api/admin/users/{id}/questions"), &admin.access)
+        .await;
+    assert_eq!(recent.len(), 2);
+    assert_eq!(recent[0].question, PETS[0], "newest first");
+    assert_eq!(
+        recent[0].answer_excerpt.as_deref(),
+        Some("I don't have that information.")
+    );
+    assert_eq!(
+        recent[1].answer_status,
+        Some(protocol::chat::MessageStatus::Complete)
+    );
+    let one: Vec<protocol::admin::RecentQuestion> = app
+        .get_json(
+            &format!("/api/admin/users/{id}/questions?limit=1"),
+            &admin.access,
+        )
+        .await;
+    assert_eq!(one.len(), 1);
+    let response = app
+        .get_authed(&format!("/api/admin/users/{id}/questions"), &alice.access)
+        .await;
+    assert_eq!(response.status(), 403);
+    app.stop().await;
+}

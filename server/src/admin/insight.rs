@@ -3,13 +3,15 @@
 //! last hour minute by minute (`GET /api/admin/stats/series`).
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use protocol::ErrorBody;
-use protocol::admin::{MinuteStats, StatsSeries};
+use protocol::admin::{MinuteStats, RecentQuestion, StatsSeries};
+use protocol::chat::MessageStatus;
 use protocol::feedback::{FeedbackEntry, Rating};
 use protocol::gaps::GapsReport;
 use serde::Deserialize;
+use uuid::Uuid;
 
 use crate::auth::AdminUser;
 use crate::error::{ApiError, ApiResult};
@@ -151,4 +153,59 @@ pub async fn stats_series(
         })
         .collect();
     Ok(Json(StatsSeries { minutes }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct RecentQuery {
+    /// At most this many questions (default 10, at most 100).
+    limit: Option<i64>,
+}
+
+/// A user's latest questions with the start of each answer, newest first (the console's
+/// session detail).
+#[utoipa::path(get, path = "/api/admin/users/{id}/questions", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "User id"), RecentQuery),
+    responses((status = 200, body = Vec<RecentQuestion>), (status = 403, body = ErrorBody)))]
+pub async fn user_questions(
+    _admin: AdminUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<RecentQuery>,
+) -> ApiResult<Json<Vec<RecentQuestion>>> {
+    let user_id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("no such user"))?;
+    let limit = query.limit.unwrap_or(10).clamp(1, 100);
+    let client = state.db.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT q.created_at, q.content, a.status, left(a.content, 300) \
+             FROM messages q LEFT JOIN messages a ON a.reply_to = q.id \
+             WHERE q.user_id = $1 AND q.role = 'user' \
+             ORDER BY q.created_at DESC, q.id DESC LIMIT $2",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&user_id, &limit]).await?;
+    Ok(Json(
+        rows.iter()
+            .map(|row| {
+                let status: Option<String> = row.get(2);
+                RecentQuestion {
+                    asked_at: row.get(0),
+                    question: row.get(1),
+                    answer_status: status.as_deref().and_then(status_of),
+                    answer_excerpt: row.get(3),
+                }
+            })
+            .collect(),
+    ))
+}
+
+fn status_of(s: &str) -> Option<MessageStatus> {
+    match s {
+        "pending" => Some(MessageStatus::Pending),
+        "complete" => Some(MessageStatus::Complete),
+        "cancelled" => Some(MessageStatus::Cancelled),
+        "error" => Some(MessageStatus::Error),
+        _ => None,
+    }
 }
