@@ -121,11 +121,14 @@ pub fn extract_text(kind: DocumentKind, bytes: &[u8]) -> Result<String, String> 
     let text = match kind {
         DocumentKind::Markdown | DocumentKind::Text => utf8(bytes)?,
         DocumentKind::Html => {
+            // Kept as HTML: the chunker reads HTML itself (headings become section paths), as
+            // it does for `.html` files in the folder. Only whether it holds any text is
+            // checked here.
             let html = utf8(bytes)?;
-            // Wide lines: the chunker packs paragraphs itself; headings come out as `#` lines.
-            html2text::config::plain_no_decorate()
-                .string_from_read(html.as_bytes(), 10_000)
-                .map_err(|e| format!("unreadable HTML: {e}"))?
+            if super::html::to_markdown(&html).trim().is_empty() {
+                return Err("the document has no text".into());
+            }
+            html
         }
         DocumentKind::Pdf => {
             // The parser panics on some malformed files: a bad upload must not take a worker.
