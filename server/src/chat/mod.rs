@@ -22,8 +22,8 @@ use crate::state::AppState;
 
 pub mod compat;
 mod durable;
-pub mod orphans;
 pub mod feedback;
+pub mod orphans;
 pub mod pipeline;
 pub mod rest;
 pub mod sessions;
