@@ -191,6 +191,13 @@ impl ApiClient {
         send_no_body(self.request(Method::DELETE, &path, Some(token))).await
     }
 
+    /// Closes a live session's socket (close code 4010, with a reason the user sees).
+    pub async fn disconnect(&self, token: &str, session_id: uuid::Uuid) -> Result<(), ApiError> {
+        let path = format!("/api/admin/sessions/{session_id}/disconnect");
+        let body = serde_json::json!({"reason": "disconnected by an administrator"});
+        send_no_body(self.request(Method::POST, &path, Some(token)).json(&body)).await
+    }
+
     fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
         let request = self.http.request(method, format!("{}{path}", self.base));
         match token {

@@ -38,6 +38,8 @@ pub enum AppEvent {
     DocumentsLoaded(Result<Vec<KbDocument>, ApiError>),
     /// An upload or delete finished: what was done, or why it failed.
     DocumentChanged(Result<String, ApiError>),
+    /// A disconnect was asked of the server (the session's close shows as a session event).
+    Disconnected(Result<(), ApiError>),
     /// Something failed in the background (token refresh, an unreadable frame).
     Error(String),
 }
@@ -67,6 +69,8 @@ pub enum Action {
     DeleteDocument(String),
     /// Fetch this user's recent questions (the session detail).
     LoadQuestions(uuid::Uuid),
+    /// Close this live session's socket (on whichever instance holds it).
+    Disconnect(uuid::Uuid),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +119,8 @@ pub enum Confirm {
     RunCleanup,
     /// Delete the named knowledge-base document.
     DeleteDocument(String),
+    /// Disconnect the live session with this id.
+    Disconnect(uuid::Uuid),
 }
 
 /// A long operation's state, for its tab.
@@ -224,12 +230,16 @@ impl App {
             self.show_help = false;
             return None;
         }
-        if self.tab == Tab::Sessions && self.session_detail.is_some() {
-            if matches!(
-                key.code,
-                KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') | KeyCode::Backspace
-            ) {
-                self.session_detail = None;
+        if self.tab == Tab::Sessions
+            && let Some((session_id, _)) = &self.session_detail
+        {
+            match key.code {
+                KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') | KeyCode::Backspace => {
+                    self.session_detail = None;
+                }
+                // `k` is "up" in the lists; in an open session it disconnects it (after y/n).
+                KeyCode::Char('k') => self.confirm = Some(Confirm::Disconnect(*session_id)),
+                _ => {}
             }
             return None;
         }
@@ -322,6 +332,10 @@ impl App {
                 self.documents.busy = true;
                 self.documents.outcome = None;
                 Action::DeleteDocument(name)
+            }
+            Confirm::Disconnect(session_id) => {
+                self.session_detail = None;
+                Action::Disconnect(session_id)
             }
         }
     }
@@ -442,6 +456,10 @@ impl App {
                 self.documents.busy = false;
                 self.documents.outcome = Some(result.map_err(|e| e.to_string()));
             }
+            AppEvent::Disconnected(Err(e)) => {
+                self.last_error = Some(format!("disconnect failed: {e}"));
+            }
+            AppEvent::Disconnected(Ok(())) => {}
             AppEvent::Error(message) => self.last_error = Some(message),
         }
     }

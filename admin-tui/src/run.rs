@@ -91,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         Some(Action::UploadDocument(path)) => requests.upload(path),
                         Some(Action::DeleteDocument(name)) => requests.delete_document(name),
                         Some(Action::LoadQuestions(user_id)) => requests.questions(user_id),
+                        Some(Action::Disconnect(session_id)) => requests.disconnect(session_id),
                         None => {}
                     },
                     // A change shows in the list at once.
@@ -210,6 +211,13 @@ impl Requests {
                     .map(|()| format!("deleted {name}"))
             },
             AppEvent::DocumentChanged,
+        );
+    }
+
+    fn disconnect(&self, session_id: uuid::Uuid) {
+        self.spawn(
+            move |api, t| async move { api.disconnect(&t, session_id).await },
+            AppEvent::Disconnected,
         );
     }
 

@@ -340,6 +340,10 @@ fn draw_confirm(frame: &mut Frame, confirm: Confirm) {
                 format!("Delete the document {name}? Answers stop using it on every instance.");
             (" Delete document ", delete_question.as_str())
         }
+        Confirm::Disconnect(_) => (
+            " Disconnect session ",
+            "Close this user's socket now? The page tells them an administrator disconnected it.",
+        ),
         Confirm::ReloadKb => (
             " Reload knowledge base ",
             "Reload the knowledge base from disk now? Questions in flight keep the old index.",
@@ -384,6 +388,10 @@ fn draw_help(frame: &mut Frame) {
         (
             "Enter",
             "open the selected session or knowledge gap; Esc goes back",
+        ),
+        (
+            "k (in a session)",
+            "disconnect it, after a y/n: its socket closes with a reason",
         ),
         ("u", "upload a file from this disk by path (documents tab)"),
         (

@@ -122,7 +122,7 @@ pub fn draw_gaps(frame: &mut Frame, app: &App, area: Rect) {
             }
         }
         lines.push(Line::from(""));
-        lines.push(Line::from("Esc / Enter: back").dark_gray());
+        lines.push(Line::from("k: disconnect (y/n)   Esc / Enter: back").dark_gray());
         let height = (lines.len() as u16).saturating_add(2);
         let popup = area.centered(
             Constraint::Length(area.width.saturating_sub(4).min(110)),
@@ -313,7 +313,7 @@ pub fn draw_session_detail(frame: &mut Frame, app: &App, area: Rect) {
         }
     }
     lines.push(Line::from(""));
-    lines.push(Line::from("Esc / Enter: back").dark_gray());
+    lines.push(Line::from("k: disconnect (y/n)   Esc / Enter: back").dark_gray());
     let height = (lines.len() as u16).saturating_add(2);
     let popup = area.centered(
         Constraint::Length(area.width.saturating_sub(4).min(120)),
@@ -724,6 +724,44 @@ mod tests {
         assert_eq!(app.handle_key(key(KeyCode::Char('q'))), None);
         assert!(app.session_detail.is_none());
         assert!(!app.should_quit);
+    }
+
+    #[test]
+    fn k_in_an_open_session_disconnects_it_after_a_yes() {
+        let mut app = App::new("http://x");
+        app.apply(AppEvent::Server(protocol::admin::AdminEvent::Snapshot {
+            sessions: vec![crate::app::tests::session("alice", 1)],
+        }));
+        let session_id = app.sessions[0].session_id;
+        // In the list, `k` only moves the selection.
+        assert_eq!(app.handle_key(key(KeyCode::Char('k'))), None);
+        assert!(app.confirm.is_none());
+        app.handle_key(key(KeyCode::Enter));
+        assert!(render(&app, 120, 16).contains("k: disconnect"));
+        assert_eq!(app.handle_key(key(KeyCode::Char('k'))), None);
+        assert_eq!(app.confirm, Some(Confirm::Disconnect(session_id)));
+        assert!(render(&app, 120, 16).contains("Disconnect session"));
+        // `n` keeps it; `k` then `y` disconnects and closes the detail.
+        assert_eq!(app.handle_key(key(KeyCode::Char('n'))), None);
+        assert!(app.session_detail.is_some());
+        app.handle_key(key(KeyCode::Char('k')));
+        assert_eq!(
+            app.handle_key(key(KeyCode::Char('y'))),
+            Some(Action::Disconnect(session_id))
+        );
+        assert!(app.session_detail.is_none());
+        app.apply(AppEvent::Disconnected(Err(crate::api::ApiError::Server {
+            status: 404,
+            code: Some(protocol::ErrorCode::NotFound),
+            message: "no such live session".into(),
+        })));
+        assert!(
+            app.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("disconnect failed")),
+            "{:?}",
+            app.last_error
+        );
     }
 
     #[test]

@@ -549,6 +549,16 @@ function onClose(ws, event) {
     connect();
     return;
   }
+  // 4010: an administrator closed this session; 4029: this account has too many sockets open.
+  // Reconnecting on our own would only repeat it: say why and let the person decide.
+  if (event.code === 4010) {
+    notice(`An administrator closed this connection (${event.reason || "no reason given"}). Reload the page to reconnect.`, true);
+    return;
+  }
+  if (event.code === 4029) {
+    notice("Too many chat windows are open for this account. Close one, then reload this page.", true);
+    return;
+  }
   if (wasReady) chat.attempts = 0;
   scheduleReconnect(event.code === 1001 ? "going_away" : "network");
 }
