@@ -185,22 +185,26 @@ async fn run_cleanup(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct RunsQuery {
-    /// At most this many runs (default 20, at most 1000).
+    /// At most this many runs (default 20; 1 to 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
 /// Recent cleanup runs, newest first.
 #[utoipa::path(get, path = "/api/admin/cleanup/runs", tag = "admin", security(("bearer" = [])),
     params(RunsQuery),
-    responses((status = 200, body = Vec<CleanupRun>), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = Vec<CleanupRun>), (status = 403, body = ErrorBody),
+        (status = 422, description = "`limit` out of range", body = ErrorBody)))]
 async fn cleanup_runs(
     _admin: AdminUser,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<RunsQuery>,
 ) -> ApiResult<Json<Vec<CleanupRun>>> {
-    Ok(Json(
-        cleanup::list_runs(&state.db, query.limit.unwrap_or(20)).await?,
-    ))
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::validation("limit", "must be within 1..=1000"));
+    }
+    Ok(Json(cleanup::list_runs(&state.db, limit).await?))
 }
 
 /// Counts across the service (database-wide) and the live sessions of every instance.

@@ -130,3 +130,26 @@ async fn event_socket_shows_chat_sessions_opening_and_closing() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn out_of_range_query_parameters_are_refused_not_bent() {
+    let (app, admin) = spawn_with_admin().await;
+    for limit in ["0", "1001", "-5"] {
+        let response = app
+            .get_authed(
+                &format!("/api/admin/cleanup/runs?limit={limit}"),
+                &admin.access,
+            )
+            .await;
+        assert_eq!(response.status(), 422, "limit={limit}");
+    }
+    let response = app
+        .get_authed("/api/admin/cleanup/runs?limit=1000", &admin.access)
+        .await;
+    assert_eq!(response.status(), 200);
+    // An empty cursor is not "no cursor": it is not a cursor a page ever gave.
+    let response = app
+        .get_authed("/api/chat-history/?before=", &admin.access)
+        .await;
+    assert_eq!(response.status(), 400);
+}

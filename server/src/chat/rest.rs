@@ -218,7 +218,7 @@ impl PageQuery {
     }
 
     fn before(&self) -> ApiResult<Option<Uuid>> {
-        match self.before.as_deref().filter(|b| !b.is_empty()) {
+        match self.before.as_deref() {
             None => Ok(None),
             Some(b) => Uuid::parse_str(b).map(Some).map_err(|_| {
                 ApiError::BadRequest("`before` is not a cursor from a previous page".into())
