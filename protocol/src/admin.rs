@@ -20,16 +20,6 @@ pub struct SessionInfo {
     pub answering: u32,
 }
 
-/// One live session with the user's latest questions and answers (an answer still being
-/// written shows as `pending`, with the text so far once stored).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct SessionDetail {
-    pub session: SessionInfo,
-    /// Newest first.
-    pub recent: Vec<crate::chat::HistoryItem>,
-}
-
 /// `POST /api/admin/sessions/{id}/disconnect`: the reason the user's socket is told.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

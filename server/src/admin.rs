@@ -10,8 +10,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::response::Response;
 use protocol::ErrorBody;
 use protocol::admin::{
-    AdminEvent, CleanupRun, CleanupTrigger, DisconnectRequest, KbInfo, SessionDetail, SessionInfo,
-    Stats,
+    AdminEvent, CleanupRun, CleanupTrigger, DisconnectRequest, KbInfo, SessionInfo, Stats,
 };
 use protocol::auth::Role;
 use protocol::ws::{CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHENTICATED, ClientFrame};
@@ -36,7 +35,6 @@ mod insight;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(sessions))
-        .routes(routes!(session_detail))
         .routes(routes!(disconnect_session))
         .routes(routes!(kb_info))
         .routes(routes!(kb_reload))
@@ -71,25 +69,6 @@ async fn sessions(
 ) -> ApiResult<Json<Vec<SessionInfo>>> {
     Ok(Json(cluster::all_sessions(&state).await?))
 }
-
-/// One live session (on any instance) with its user's latest questions and answers.
-#[utoipa::path(get, path = "/api/admin/sessions/{id}", tag = "admin", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Session id")),
-    responses((status = 200, body = SessionDetail), (status = 403, body = ErrorBody),
-        (status = 404, description = "No such live session", body = ErrorBody)))]
-async fn session_detail(
-    _admin: AdminUser,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<SessionDetail>> {
-    let session = find_session(&state, &id).await?;
-    let client = state.db.get().await?;
-    let recent = crate::chat::store::history(&client, session.user_id, None, RECENT).await?;
-    Ok(Json(SessionDetail { session, recent }))
-}
-
-/// Questions shown with a session.
-const RECENT: i64 = 10;
 
 /// A live session by id, on this instance or another.
 async fn find_session(state: &AppState, id: &str) -> ApiResult<SessionInfo> {
