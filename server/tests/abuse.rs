@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app_with, test_config};
+use common::{
+    Incoming, TestApp, Ws, next_close, next_frame, next_incoming, spawn_app_with, test_config,
+};
 use futures::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -44,14 +46,6 @@ async fn send(ws: &mut Ws, frame: Value) {
     ws.send(Message::Text(frame.to_string().into()))
         .await
         .expect("frame sent");
-}
-
-async fn expect_close(ws: &mut Ws) -> Option<CloseFrame> {
-    loop {
-        if let Incoming::Closed(frame) = next_incoming(ws).await {
-            return frame;
-        }
-    }
 }
 
 fn close_code(frame: Option<CloseFrame>) -> u16 {
@@ -240,7 +234,7 @@ async fn sockets_are_capped_per_user_and_while_waiting_to_authenticate() {
     assert_eq!(next_frame(&mut second).await["type"], "ready");
     let mut third = app.ws_connect(&tokens.access).await;
     assert_eq!(
-        close_code(expect_close(&mut third).await),
+        close_code(next_close(&mut third).await),
         protocol::ws::CLOSE_TOO_MANY_SOCKETS
     );
     // Another user is not affected; a closed socket frees its place.
@@ -441,7 +435,7 @@ async fn expired_tokens_close_sockets_with_4001_and_the_scheme_is_case_insensiti
     assert_eq!(next_frame(&mut ws).await["type"], "ready");
     // Mid-session expiry.
     assert_eq!(
-        close_code(expect_close(&mut ws).await),
+        close_code(next_close(&mut ws).await),
         protocol::ws::CLOSE_TOKEN_EXPIRED
     );
     // Expiry is checked to the second: let the token's last second pass.
@@ -452,13 +446,13 @@ async fn expired_tokens_close_sockets_with_4001_and_the_scheme_is_case_insensiti
     let error = next_frame(&mut ws).await;
     assert_eq!(error["code"], "token_expired", "{error}");
     assert_eq!(
-        close_code(expect_close(&mut ws).await),
+        close_code(next_close(&mut ws).await),
         protocol::ws::CLOSE_TOKEN_EXPIRED
     );
     // An expired token on the upgrade: upgraded, then closed with 4001 (a browser can read that).
     let mut ws = app.ws_connect(&tokens.access).await;
     assert_eq!(
-        close_code(expect_close(&mut ws).await),
+        close_code(next_close(&mut ws).await),
         protocol::ws::CLOSE_TOKEN_EXPIRED
     );
     // A forged one is still refused at the upgrade.
@@ -488,7 +482,7 @@ async fn the_admin_event_socket_follows_its_token_and_role() {
     let mut events = app.ws_connect_path("/api/admin/events", &boss.access).await;
     assert_eq!(next_frame(&mut events).await["type"], "snapshot");
     assert_eq!(
-        close_code(expect_close(&mut events).await),
+        close_code(next_close(&mut events).await),
         protocol::ws::CLOSE_TOKEN_EXPIRED
     );
     // Renewed, it lives on past the first token...
@@ -523,7 +517,7 @@ async fn the_admin_event_socket_follows_its_token_and_role() {
         .unwrap();
     send(&mut events, json!({"type":"auth","token": mint()})).await;
     assert_eq!(
-        close_code(expect_close(&mut events).await),
+        close_code(next_close(&mut events).await),
         protocol::ws::CLOSE_UNAUTHENTICATED
     );
 }

@@ -330,12 +330,7 @@ async fn an_admin_disconnects_a_session_on_another_instance_with_a_reason() {
         )
         .await;
     assert_eq!(response.status(), 202);
-    let close = loop {
-        match common::next_incoming(&mut chat).await {
-            common::Incoming::Closed(frame) => break frame.expect("a close frame"),
-            common::Incoming::Json(_) => continue,
-        }
-    };
+    let close = common::next_close(&mut chat).await.expect("a close frame");
     assert_eq!(u16::from(close.code), protocol::ws::CLOSE_DISCONNECTED);
     assert_eq!(close.reason.as_str(), "please use the new app");
 
@@ -348,12 +343,7 @@ async fn an_admin_disconnects_a_session_on_another_instance_with_a_reason() {
         )
         .await;
     assert_eq!(response.status(), 202);
-    let close = loop {
-        match common::next_incoming(&mut local).await {
-            common::Incoming::Closed(frame) => break frame.expect("a close frame"),
-            common::Incoming::Json(_) => continue,
-        }
-    };
+    let close = common::next_close(&mut local).await.expect("a close frame");
     assert_eq!(u16::from(close.code), protocol::ws::CLOSE_DISCONNECTED);
     assert_eq!(close.reason.as_str(), "disconnected by an administrator");
 

@@ -351,3 +351,12 @@ pub async fn next_frame(ws: &mut Ws) -> Value {
         Incoming::Closed(frame) => panic!("socket closed: {frame:?}"),
     }
 }
+
+/// Reads until the socket closes (skipping any frames before it); the close frame, if one came.
+pub async fn next_close(ws: &mut Ws) -> Option<CloseFrame> {
+    loop {
+        if let Incoming::Closed(frame) = next_incoming(ws).await {
+            return frame;
+        }
+    }
+}
