@@ -16,7 +16,7 @@ eval:
 	scripts/run.sh eval
 
 bench:
-	bash -c 'source scripts/setup.sh && cargo run -p server --example load && cargo run -p server --example flood'
+	bash -c 'source scripts/setup.sh && cargo build --workspace --examples && $$CARGO_TARGET_DIR/debug/examples/load && $$CARGO_TARGET_DIR/debug/examples/flood'
 
 # Fuzzes the API with schemathesis against its own OpenAPI description (scripts/fuzz.sh).
 .PHONY: fuzz

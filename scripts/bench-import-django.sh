@@ -35,7 +35,7 @@ FROM generate_series(1, $ROWS) AS i;
 ANALYZE;
 SQL
 
-cargo build -q -p server --bin chat-server
+cargo build -q --workspace --bins
 BIN="${CARGO_TARGET_DIR:-target}/debug/chat-server"
 TIME=()
 [ -x /usr/bin/time ] && TIME=(/usr/bin/time -f 'wall %e s, max RSS %M KiB')

@@ -4,4 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-exec cargo run -p server --bin chat-server -- "$@"
+# Built as part of the whole workspace, as `make test` builds it: the console's dependencies switch
+# on features of crates the server shares (tokio-tungstenite's TLS, mio, rustix, time), and a
+# server-only build would compile about 30 crates again after `make test` (and back).
+cargo build --workspace --bins
+exec "$CARGO_TARGET_DIR/debug/chat-server" "$@"
