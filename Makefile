@@ -15,8 +15,12 @@ lint:
 eval:
 	scripts/run.sh eval
 
+# chat-bench (bench/): the black-box load tool against a separate release server process,
+# then the older in-process benchmarks. Figures: BENCHMARKS.md.
 bench:
-	bash -c 'source scripts/setup.sh && cargo run -p server --example load && cargo run -p server --example flood'
+	bash -c 'source scripts/setup.sh && cargo build --release -p server -p bench && \
+	  "$${CARGO_TARGET_DIR:-target}/release/chat-bench" --scenarios idle,streams,rest,login,history,retrieval,answers && \
+	  cargo run -p server --example load && cargo run -p server --example flood'
 
 # Fuzzes the API with schemathesis against its own OpenAPI description (scripts/fuzz.sh).
 .PHONY: fuzz
