@@ -214,6 +214,7 @@ pub async fn streams(
         tasks.spawn(async move { one_stream(ws, i, start_line).await });
     }
     let (mut ttft, mut added, mut done, mut failed) = (Vec::new(), Vec::new(), 0u64, 0u64);
+    let mut first_error = None;
     while let Some(result) = tasks.join_next().await {
         match result {
             Ok(Ok((first, chunks))) => {
@@ -221,7 +222,11 @@ pub async fn streams(
                 ttft.push(first);
                 added.extend(chunks);
             }
-            _ => failed += 1,
+            Ok(Err(e)) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+            Err(_) => failed += 1,
         }
     }
     let elapsed = started.elapsed();
@@ -245,6 +250,7 @@ pub async fn streams(
             "chunk_added_p99_ms": r2(pct(&added, 99.0)),
             "chunk_added_max_ms": r2(pct(&added, 100.0)),
             "chunk_samples": added.len(),
+            "first_error": first_error,
         }),
         server_fields(before, after, elapsed),
     ))
@@ -258,7 +264,7 @@ async fn one_stream(
 ) -> anyhow::Result<(f64, Vec<f64>)> {
     start_line.wait().await;
     let sent = now_us();
-    client::ask(&mut ws, "q", &client::question(i)).await?;
+    client::ask(&mut ws, &format!("q{i}"), &client::question(i)).await?;
     let mut first = None;
     let mut added = Vec::new();
     loop {
@@ -613,7 +619,7 @@ pub async fn answers(
             let mut latencies = Vec::new();
             for (r, q) in asks.iter().enumerate() {
                 let t = Instant::now();
-                let id = format!("a{r}");
+                let id = format!("s{s}a{r}");
                 client::ask(&mut ws, &id, q).await?;
                 loop {
                     let frame = client::next_json(&mut ws).await?;
