@@ -350,16 +350,19 @@ async fn main() -> anyhow::Result<()> {
         // Warm-up: every question once over one socket, so the answerer's sentence vectors
         // are cached and the runs measure the per-question work.
         let warm = if args.smoke { 1 } else { questions.len() };
-        let warmup = scenarios::answers(&target, 1, warm, &questions[..warm.max(1)], &run).await;
+        let warmup = scenarios::answers(&target, 1, warm, &questions[..warm.max(1)], 0, &run).await;
         if let Err(e) = warmup {
             failures += 1;
             emit(json!({"scenario": "answers warm-up", "error": format!("{e:#}")}))?;
         }
-        for &s in &args.answer_sockets {
+        for (k, &s) in args.answer_sockets.iter().enumerate() {
             let rounds = args.answers_total.div_ceil(s.max(1)).max(1);
+            // Run k's variants start past every earlier run's, so none hits the server's
+            // question cache.
+            let salt = (k + 1) * (args.answers_total / questions.len() + 3);
             let result = tokio::time::timeout(
                 limit,
-                scenarios::answers(&target, s, rounds, &questions, &run),
+                scenarios::answers(&target, s, rounds, &questions, salt, &run),
             )
             .await;
             match result {

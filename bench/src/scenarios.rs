@@ -587,16 +587,22 @@ pub async fn login_burst(
 // ------------------------------------------------------------------ offline answers
 
 /// `sockets` sockets each ask `rounds` distinct questions one after another (the offline
-/// answerer: local embeddings): answers per second.
+/// answerer: local embeddings): answers per second. `salt` keeps the strings of different runs
+/// apart, so no run finds another's questions in the server's question cache.
 pub async fn answers(
     target: &Target,
     sockets: usize,
     rounds: usize,
     questions: &[String],
+    salt: usize,
     run: &str,
 ) -> anyhow::Result<Value> {
-    let users =
-        client::make_users(target, &format!("{run}_ans{sockets}"), sockets.clamp(1, 20)).await?;
+    let users = client::make_users(
+        target,
+        &format!("{run}_ans{sockets}x{rounds}"),
+        sockets.clamp(1, 20),
+    )
+    .await?;
     let tokens = client::tokens(target, &users).await?;
     let mut sockets_open = Vec::new();
     for i in 0..sockets {
@@ -611,7 +617,10 @@ pub async fn answers(
         let asks: Vec<String> = (0..rounds)
             .map(|r| {
                 let i = s * rounds + r;
-                variant(&questions[i % questions.len()], i / questions.len() + 1)
+                variant(
+                    &questions[i % questions.len()],
+                    salt + i / questions.len() + 1,
+                )
             })
             .collect();
         tasks.spawn(async move {
