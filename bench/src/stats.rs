@@ -85,10 +85,10 @@ pub fn raise_open_files() -> u64 {
             rlim_max: limit.rlim_max,
         };
         if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-            return raised.rlim_cur as u64;
+            return raised.rlim_cur;
         }
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
 
 #[cfg(test)]

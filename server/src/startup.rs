@@ -215,7 +215,7 @@ pub fn raise_open_file_limit() -> Option<u64> {
                 }
             }
         }
-        Some(limit.rlim_cur as u64)
+        Some(limit.rlim_cur)
     }
     #[cfg(not(unix))]
     None
