@@ -15,8 +15,12 @@ lint:
 eval:
 	scripts/run.sh eval
 
+# chat-bench (bench/): the black-box load tool against a separate release server process,
+# then the older in-process benchmarks. Figures: BENCHMARKS.md.
 bench:
-	bash -c 'source scripts/setup.sh && cargo build --workspace --examples && $$CARGO_TARGET_DIR/debug/examples/load && $$CARGO_TARGET_DIR/debug/examples/flood'
+	bash -c 'source scripts/setup.sh && cargo build --release --workspace --bins && \
+	  "$$CARGO_TARGET_DIR/release/chat-bench" --scenarios idle,streams,rest,login,history,retrieval,answers && \
+	  cargo build --workspace --examples && $$CARGO_TARGET_DIR/debug/examples/load && $$CARGO_TARGET_DIR/debug/examples/flood'
 
 # Fuzzes the API with schemathesis against its own OpenAPI description (scripts/fuzz.sh).
 .PHONY: fuzz

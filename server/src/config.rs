@@ -236,6 +236,22 @@ pub struct Config {
     /// embedding model: 0.36 for all-MiniLM-L6-v2, 0.62 for Gemini, 0.40 for OpenAI-compatible].
     #[arg(long, env = "RAG_MIN_SIMILARITY")]
     pub rag_min_similarity: Option<f32>,
+    /// Chunks from which the vector index is HNSW (approximate) instead of flat (exact).
+    #[arg(long, env = "RAG_HNSW_THRESHOLD", default_value_t = crate::rag::index::HNSW_THRESHOLD)]
+    pub rag_hnsw_threshold: usize,
+    /// HNSW links per node (FAISS `HNSW<M>`): more is better recall, more memory, slower build.
+    #[arg(long, env = "RAG_HNSW_M", default_value_t = 32)]
+    pub rag_hnsw_m: usize,
+    /// HNSW candidates kept while searching (efSearch): more is better recall, slower search.
+    #[arg(long, env = "RAG_HNSW_EF_SEARCH", default_value_t = 64)]
+    pub rag_hnsw_ef_search: usize,
+    /// Milliseconds the local embedding model waits for more texts to embed in the same
+    /// forward pass once one arrives (questions arriving together share one pass).
+    #[arg(long, env = "EMBED_BATCH_WINDOW_MS", default_value_t = 3)]
+    pub embed_batch_window_ms: u64,
+    /// Most texts in one forward pass of the local embedding model.
+    #[arg(long, env = "EMBED_MAX_BATCH", default_value_t = 32)]
+    pub embed_max_batch: usize,
     /// Earlier question/answer pairs of the conversation put in the prompt.
     #[arg(long, env = "HISTORY_TURNS", default_value_t = 4)]
     pub history_turns: usize,
@@ -244,6 +260,18 @@ pub struct Config {
     /// Largest accepted WebSocket frame, in bytes.
     #[arg(long, env = "WS_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
     pub ws_max_frame_bytes: usize,
+    /// Read buffer of each WebSocket, in bytes (tungstenite allocates and zeroes it per socket,
+    /// so it is most of an idle socket's memory; a bigger frame grows it for that frame).
+    #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 4 * 1024)]
+    pub ws_read_buffer_bytes: usize,
+    /// Bytes of outgoing frames collected before they are written to the network (every frame
+    /// is flushed at once anyway; 0 writes each frame as it comes).
+    #[arg(long, env = "WS_WRITE_BUFFER_BYTES", default_value_t = 0)]
+    pub ws_write_buffer_bytes: usize,
+    /// Most bytes one WebSocket may hold unwritten (a peer that does not read); past it the
+    /// write fails and the socket closes.
+    #[arg(long, env = "WS_MAX_WRITE_BUFFER_BYTES", default_value_t = 1024 * 1024)]
+    pub ws_max_write_buffer_bytes: usize,
     /// Longest accepted question, in characters.
     #[arg(long, env = "MAX_QUESTION_CHARS", default_value_t = 2000)]
     pub max_question_chars: usize,
@@ -422,6 +450,21 @@ impl Config {
                 "HEADER_READ_TIMEOUT_SECS, REQUEST_TIMEOUT_SECS and WS_AUTH_TIMEOUT_SECS must be at least 1".into(),
             ));
         }
+        if self.embed_max_batch == 0
+            || !(4..=128).contains(&self.rag_hnsw_m)
+            || self.rag_hnsw_ef_search == 0
+        {
+            return Err(ConfigError::Invalid(
+                "EMBED_MAX_BATCH and RAG_HNSW_EF_SEARCH must be at least 1, RAG_HNSW_M within 4..=128".into(),
+            ));
+        }
+        if self.ws_read_buffer_bytes < 256
+            || self.ws_max_write_buffer_bytes <= self.ws_write_buffer_bytes
+        {
+            return Err(ConfigError::Invalid(
+                "WS_READ_BUFFER_BYTES must be at least 256 and WS_MAX_WRITE_BUFFER_BYTES above WS_WRITE_BUFFER_BYTES".into(),
+            ));
+        }
         if self.ws_max_sockets_per_user == 0 || self.hash_workers == Some(0) {
             return Err(ConfigError::Invalid(
                 "WS_MAX_SOCKETS_PER_USER and HASH_WORKERS must be at least 1".into(),
@@ -435,6 +478,17 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The vector-index choice and tuning.
+    pub fn index_settings(&self) -> crate::rag::index::IndexSettings {
+        crate::rag::index::IndexSettings {
+            hnsw_threshold: self.rag_hnsw_threshold,
+            params: crate::rag::index::HnswParams {
+                m: self.rag_hnsw_m,
+                ef_search: self.rag_hnsw_ef_search,
+            },
+        }
     }
 
     /// The answer provider in force: explicit, else Gemini with a key, else offline.

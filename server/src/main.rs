@@ -8,6 +8,8 @@ async fn main() -> anyhow::Result<()> {
     let config = cli.config;
     match cli.command.unwrap_or(server::config::Command::Serve) {
         Command::Serve => {
+            let open_files = server::startup::raise_open_file_limit();
+            tracing::debug!(?open_files, "open-file limit");
             let app = Application::build(config).await?;
             tokio::spawn(shutdown_on_signal(app.state().shutdown.clone()));
             app.run_until_stopped().await
@@ -19,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Eval { questions } => {
             config.validate()?;
+            server::rag::index::configure(config.index_settings());
             server::db::ensure_database(&config.database_url).await?;
             server::db::migrate(&config.database_url).await?;
             let db = server::db::pool(&config.database_url, config.db_pool_size)?;

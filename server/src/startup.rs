@@ -39,6 +39,7 @@ impl Application {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let tokens = Arc::new(crate::auth::TokenService::from_config(&config)?);
+        crate::rag::index::configure(config.index_settings());
         crate::auth::password::configure(config.hash_workers, config.hash_queue)
             .context("starting the password-hashing workers")?;
         let trusted_proxies = Arc::new(
@@ -187,6 +188,37 @@ async fn serve(listener: TcpListener, router: axum::Router, state: &AppState) {
             }
         });
     }
+}
+
+/// Raises the soft open-file limit to the hard one: every socket is a descriptor, and the
+/// usual soft limit (1024) would refuse connections long before memory runs short. Returns the
+/// limit in force.
+pub fn raise_open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct handed to them.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return None;
+            }
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit = raised;
+                }
+            }
+        }
+        Some(limit.rlim_cur)
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 /// Cancels `token` on ctrl-c or SIGTERM.

@@ -54,7 +54,9 @@ const CLOSE_INTERNAL: u16 = 1011;
 const CLOSE_POLICY: u16 = 1008;
 
 enum Outgoing {
-    Frame(ServerFrame),
+    /// Boxed: the queue allocates its slots up front, 32 at a time, per connection, and a
+    /// frame is ~10x the size of a pointer; idle sockets should not pay for that.
+    Frame(Box<ServerFrame>),
     Ping,
     /// Sent last: the writer stops after it.
     Close(u16, Utf8Bytes),
@@ -118,7 +120,16 @@ pub async fn chat_socket(
         .ws_max_frame_bytes
         .saturating_mul(4)
         .max(256 * 1024);
+    // Buffers sized for many idle sockets (tungstenite's defaults are 128 KiB each); the write
+    // buffer's cap must leave room for a whole frame past its flush threshold.
+    let config = &state.config;
+    let max_write = config
+        .ws_max_write_buffer_bytes
+        .max(config.ws_write_buffer_bytes + hard_cap);
     upgrade
+        .read_buffer_size(config.ws_read_buffer_bytes)
+        .write_buffer_size(config.ws_write_buffer_bytes)
+        .max_write_buffer_size(max_write)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| serve(socket, state, auth, peer))
@@ -465,7 +476,7 @@ impl Connection {
     }
 
     async fn send(&self, frame: ServerFrame) -> bool {
-        self.queue(Outgoing::Frame(frame)).await
+        self.queue(Outgoing::Frame(Box::new(frame))).await
     }
 
     async fn send_error(&self, id: Option<String>, error: impl Into<FrameError>) {
@@ -672,7 +683,10 @@ async fn follow(
                 done,
             },
         };
-        match out.send_timeout(Outgoing::Frame(frame), patience).await {
+        match out
+            .send_timeout(Outgoing::Frame(Box::new(frame)), patience)
+            .await
+        {
             Ok(()) => {}
             Err(SendTimeoutError::Timeout(_)) => {
                 too_slow.cancel();
@@ -791,7 +805,7 @@ mod tests {
         });
         let mut seqs = Vec::new();
         while let Some(Outgoing::Frame(frame)) = queue.recv().await {
-            match frame {
+            match *frame {
                 ServerFrame::Delta { id, seq, .. } => {
                     assert_eq!(id, "a1");
                     seqs.push(seq);

@@ -50,8 +50,11 @@ pub const GEMINI_EMBEDDING_MODEL: &str = "gemini-embedding-001";
 pub const GEMINI_MAX_BATCH: usize = 100;
 /// Inputs per `/v1/embeddings` call: small enough for modest local servers.
 const OPENAI_MAX_BATCH: usize = 64;
-/// Texts per forward pass of the local model: bounds memory, and padding stays per batch.
-const LOCAL_BATCH: usize = 8;
+/// Characters (rows × the longest text) per forward pass of the local model: bounds the memory
+/// of one pass (8 passages of 800 characters, or 32 questions of 200); padding stays per pass.
+const LOCAL_PASS_CHARS: usize = 8 * 800;
+/// Texts waiting for the local model at most; past it callers wait for room.
+const LOCAL_QUEUE_TEXTS: usize = 4096;
 /// MiniLM was trained on at most 256 word pieces.
 const LOCAL_MAX_TOKENS: usize = 256;
 
@@ -74,9 +77,14 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
     Ok(match config.embedding_provider() {
         EmbeddingProvider::Local => {
             let dir = config.model_dir.clone();
-            let model = tokio::task::spawn_blocking(move || LocalEmbedder::load(&dir))
-                .await
-                .context("loading the local embedding model")??;
+            let batching = Batching {
+                window: std::time::Duration::from_millis(config.embed_batch_window_ms),
+                max_batch: config.embed_max_batch.max(1),
+            };
+            let model =
+                tokio::task::spawn_blocking(move || LocalEmbedder::load_with(&dir, batching))
+                    .await
+                    .context("loading the local embedding model")??;
             Arc::new(model)
         }
         EmbeddingProvider::Gemini => {
@@ -193,17 +201,50 @@ impl Embedder for QueryCache {
 // ---------------------------------------------------------------- local (candle)
 
 /// all-MiniLM-L6-v2 in-process: BERT, mean pooling over the attention mask, L2 normalisation.
+///
+/// Texts are embedded by a fixed set of worker threads (one per core, so at most that many
+/// forward passes run at once and the async workers are never used). A worker takes the first
+/// waiting request, then gathers whatever else arrives within the batching window (up to the
+/// batch size), and embeds all of it in as few forward passes as the memory bound allows:
+/// questions arriving together share one pass, which costs little more than one of them alone.
 pub struct LocalEmbedder {
-    inner: Arc<LocalModel>,
-    /// Forward passes running at once, bounded by the cores: more only thrash the caches and
-    /// make every question slower, while waiting here costs no thread.
-    permits: Arc<tokio::sync::Semaphore>,
+    /// Requests for the workers; the workers end when this (the last sender) is dropped.
+    jobs: std::sync::mpsc::Sender<EmbedJob>,
+    /// Bounds the texts queued for the workers (memory), in texts.
+    room: Arc<tokio::sync::Semaphore>,
+    /// Forward passes run so far (tests and benchmarks see the batching with it).
+    passes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How the local model batches requests (`EMBED_BATCH_WINDOW_MS`, `EMBED_MAX_BATCH`).
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub window: std::time::Duration,
+    pub max_batch: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            window: std::time::Duration::from_millis(3),
+            max_batch: 32,
+        }
+    }
+}
+
+/// One caller's texts and where their vectors go.
+struct EmbedJob {
+    texts: Vec<String>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+    /// The caller's room in the queue, given back when the job is answered.
+    _room: tokio::sync::OwnedSemaphorePermit,
 }
 
 struct LocalModel {
     model: BertModel,
     tokenizer: Tokenizer,
     device: Device,
+    passes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn missing_model_help(dir: &Path) -> String {
@@ -218,8 +259,14 @@ fn missing_model_help(dir: &Path) -> String {
 }
 
 impl LocalEmbedder {
-    /// Loads `model.safetensors`, `tokenizer.json` and `config.json` from `dir` (blocking).
+    /// Loads `model.safetensors`, `tokenizer.json` and `config.json` from `dir` (blocking),
+    /// with the default batching.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        Self::load_with(dir, Batching::default())
+    }
+
+    /// Like [`LocalEmbedder::load`] with the given batching; starts the worker threads.
+    pub fn load_with(dir: &Path, batching: Batching) -> anyhow::Result<Self> {
         let file = |name: &str| -> anyhow::Result<PathBuf> {
             let path = dir.join(name);
             anyhow::ensure!(path.is_file(), "{}", missing_model_help(dir));
@@ -255,23 +302,119 @@ impl LocalEmbedder {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device) }
             .context("mapping model.safetensors")?;
         let model = BertModel::load(vb, &config).context("loading the BERT weights")?;
+        let passes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let model = Arc::new(LocalModel {
+            model,
+            tokenizer,
+            device,
+            passes: Arc::clone(&passes),
+        });
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (sender, receiver) = std::sync::mpsc::channel::<EmbedJob>();
+        let receiver = Arc::new(std::sync::Mutex::new(receiver));
+        for i in 0..cores {
+            let (model, receiver) = (Arc::clone(&model), Arc::clone(&receiver));
+            std::thread::Builder::new()
+                .name(format!("embed-{i}"))
+                .spawn(move || embed_worker(&model, &receiver, batching))
+                .context("starting an embedding worker")?;
+        }
         Ok(Self {
-            inner: Arc::new(LocalModel {
-                model,
-                tokenizer,
-                device,
-            }),
-            permits: Arc::new(tokio::sync::Semaphore::new(cores)),
+            jobs: sender,
+            room: Arc::new(tokio::sync::Semaphore::new(LOCAL_QUEUE_TEXTS)),
+            passes,
         })
+    }
+
+    /// Forward passes of the model so far.
+    pub fn forward_passes(&self) -> u64 {
+        self.passes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One embedding worker: gathers a batch (the first waiting job, then what arrives within the
+/// window, up to `max_batch` texts), embeds it, answers each job; ends when the embedder is
+/// dropped.
+fn embed_worker(
+    model: &LocalModel,
+    receiver: &std::sync::Mutex<std::sync::mpsc::Receiver<EmbedJob>>,
+    batching: Batching,
+) {
+    loop {
+        let batch = {
+            // Held while gathering: the other workers wait for the next batch meanwhile.
+            let receiver = receiver.lock().unwrap_or_else(|e| e.into_inner());
+            let Ok(first) = receiver.recv() else { return };
+            let mut texts = first.texts.len();
+            let mut batch = vec![first];
+            let deadline = std::time::Instant::now() + batching.window;
+            while texts < batching.max_batch {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match receiver.recv_timeout(left) {
+                    Ok(job) => {
+                        texts += job.texts.len();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let texts: Vec<&str> = batch
+            .iter()
+            .flat_map(|job| job.texts.iter().map(String::as_str))
+            .collect();
+        metrics::histogram!("embed_batch_texts").record(texts.len() as f64);
+        match model.embed_many(&texts, batching.max_batch) {
+            Ok(vectors) => {
+                // Hand each job its share, in order.
+                let mut rest = vectors.into_iter();
+                for job in batch {
+                    let mine: Vec<Vec<f32>> = rest.by_ref().take(job.texts.len()).collect();
+                    let _ = job.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "local embedding failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(e.to_string()));
+                }
+            }
+        }
     }
 }
 
 impl LocalModel {
-    fn embed_batch(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+    /// Embeds `texts` in as few forward passes as the memory bound allows: texts sorted by
+    /// length (so a pass pads little), at most `max_rows` per pass. Vectors in input order.
+    fn embed_many(&self, texts: &[&str], max_rows: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        let mut start = 0;
+        while start < order.len() {
+            // The first text of a pass is its longest: it sets the padded width.
+            let widest = texts[order[start]].len().max(1);
+            let rows = (LOCAL_PASS_CHARS / widest).clamp(1, max_rows.max(1));
+            let end = (start + rows).min(order.len());
+            let pass: Vec<String> = order[start..end]
+                .iter()
+                .map(|&i| texts[i].to_owned())
+                .collect();
+            for (&i, vector) in order[start..end].iter().zip(self.embed_batch(pass)?) {
+                out[i] = vector;
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn embed_batch(&self, texts: Vec<String>) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let encodings = self
             .tokenizer
-            .encode_batch(texts.to_vec(), true)
+            .encode_batch(texts, true)
             .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
         let rows = encodings.len();
         let cols = encodings.first().map_or(0, |e| e.get_ids().len());
@@ -317,32 +460,34 @@ impl Embedder for LocalEmbedder {
         texts: &'a [String],
         _kind: EmbedKind,
     ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, ProviderError>> {
-        let model = Arc::clone(&self.inner);
-        let permits = Arc::clone(&self.permits);
-        let texts = texts.to_vec();
         Box::pin(async move {
-            let permit = permits.acquire_owned().await.map_err(|_| {
-                ProviderError::unavailable("the local embedding model is shutting down")
-            })?;
-            // The forward pass is CPU-bound for tens of milliseconds to seconds: off the async
-            // workers.
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                let mut out = Vec::with_capacity(texts.len());
-                for batch in texts.chunks(LOCAL_BATCH) {
-                    out.extend(model.embed_batch(batch)?);
-                }
-                Ok::<_, anyhow::Error>(out)
-            })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "local embedding task failed");
-                ProviderError::unavailable("the local embedding model failed")
-            })?
-            .map_err(|e| {
-                tracing::error!(error = %e, "local embedding failed");
-                ProviderError::unavailable("the local embedding model failed")
-            })
+            if texts.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut out = Vec::with_capacity(texts.len());
+            // A big request (a knowledge-base load) goes in parts, so it never holds all the
+            // queue's room and questions slip in between its parts.
+            for part in texts.chunks(LOCAL_PASS_CHARS / 100) {
+                let unavailable =
+                    || ProviderError::unavailable("the local embedding model is shutting down");
+                let room = Arc::clone(&self.room)
+                    .acquire_many_owned(part.len() as u32)
+                    .await
+                    .map_err(|_| unavailable())?;
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let job = EmbedJob {
+                    texts: part.to_vec(),
+                    reply,
+                    _room: room,
+                };
+                self.jobs.send(job).map_err(|_| unavailable())?;
+                let vectors = answer
+                    .await
+                    .map_err(|_| unavailable())?
+                    .map_err(|_| ProviderError::unavailable("the local embedding model failed"))?;
+                out.extend(vectors);
+            }
+            Ok(out)
         })
     }
 }

@@ -6,15 +6,67 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bm25::{Language, SearchEngine, SearchEngineBuilder};
+use faiss::index::autotune::ParameterSpace;
 use faiss::index::flat::FlatIndexImpl;
 use faiss::index::{ConcurrentIndex, IndexImpl, TryClone};
 use faiss::{Index, MetricType, index_factory};
 
 use super::loader::ChunkData;
 
-/// Past this many chunks an approximate (HNSW) index replaces exact search. Below it an exact
-/// scan over a few thousand 384–768-d vectors takes well under a millisecond.
+/// Past this many chunks an approximate (HNSW) index replaces exact search (default of
+/// `RAG_HNSW_THRESHOLD`). Below it an exact scan is a few milliseconds at most (BENCHMARKS.md:
+/// ~1 ms at 10k × 384) and exact.
 pub const HNSW_THRESHOLD: usize = 20_000;
+
+/// How the vector index is chosen and tuned (`RAG_HNSW_*`; README "Large knowledge bases").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexSettings {
+    /// Chunks from which HNSW replaces the flat index.
+    pub hnsw_threshold: usize,
+    pub params: HnswParams,
+}
+
+/// HNSW parameters: `m` links per node (FAISS `HNSW<m>`), `ef_search` candidates kept while
+/// searching (recall against time). FAISS's own efConstruction (40) is used when building.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswParams {
+    pub m: usize,
+    pub ef_search: usize,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        Self {
+            hnsw_threshold: HNSW_THRESHOLD,
+            params: HnswParams::default(),
+        }
+    }
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        Self {
+            m: 32,
+            ef_search: 64,
+        }
+    }
+}
+
+/// The settings every knowledge-base load uses; set once at start from the configuration.
+static SETTINGS: std::sync::RwLock<Option<IndexSettings>> = std::sync::RwLock::new(None);
+
+/// Sets the index settings for the loads that follow (start-up).
+pub fn configure(settings: IndexSettings) {
+    *SETTINGS.write().unwrap_or_else(|e| e.into_inner()) = Some(settings);
+}
+
+/// The configured settings, else the defaults.
+pub fn settings() -> IndexSettings {
+    SETTINGS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_default()
+}
 /// Candidates each ranking contributes to the fusion.
 const CANDIDATES: usize = 20;
 /// The usual RRF constant: damps the weight of the very first ranks.
@@ -39,7 +91,12 @@ pub enum VectorIndex {
 
 impl VectorIndex {
     /// Builds the index over `vectors` (row-major, `dim` wide); HNSW from `hnsw_threshold` rows.
-    pub fn build(dim: usize, vectors: &[f32], hnsw_threshold: usize) -> anyhow::Result<Self> {
+    pub fn build(
+        dim: usize,
+        vectors: &[f32],
+        hnsw_threshold: usize,
+        params: HnswParams,
+    ) -> anyhow::Result<Self> {
         let rows = vectors.len().checked_div(dim).unwrap_or(0);
         let d = u32::try_from(dim)?;
         if rows < hnsw_threshold {
@@ -49,8 +106,18 @@ impl VectorIndex {
             }
             Ok(Self::Flat(index))
         } else {
-            let mut index = index_factory(d, "HNSW32", MetricType::InnerProduct)?;
+            let mut index = index_factory(
+                d,
+                format!("HNSW{}", params.m.clamp(4, 128)),
+                MetricType::InnerProduct,
+            )?;
             index.add(vectors)?;
+            // Clones copy it, so set once before cloning.
+            ParameterSpace::new()?.set_index_parameter(
+                &index,
+                "efSearch",
+                params.ef_search.max(1) as f64,
+            )?;
             let copies = std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .clamp(1, 4);
@@ -130,13 +197,18 @@ impl KbIndex {
         chunks: Vec<ChunkData>,
         dimension: usize,
         vectors: Vec<f32>,
-        hnsw_threshold: usize,
+        settings: IndexSettings,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             vectors.len() == chunks.len() * dimension,
             "vector count mismatch"
         );
-        let vector_index = VectorIndex::build(dimension, &vectors, hnsw_threshold)?;
+        let vector_index = VectorIndex::build(
+            dimension,
+            &vectors,
+            settings.hnsw_threshold,
+            settings.params,
+        )?;
         // The section path is part of each passage's searchable text (the embedded text);
         // counting it twice as a heavier field changed nothing on the eval sets.
         let documents: Vec<bm25::Document<u32>> = chunks
@@ -252,7 +324,7 @@ mod tests {
         let n = 300;
         let data = vectors(n, dim);
         for threshold in [usize::MAX, 10] {
-            let index = VectorIndex::build(dim, &data, threshold).unwrap();
+            let index = VectorIndex::build(dim, &data, threshold, HnswParams::default()).unwrap();
             assert_eq!(index.kind(), if threshold == 10 { "hnsw" } else { "flat" });
             let row = 123;
             let hits = index.search(&data[row * dim..(row + 1) * dim], 3).unwrap();
@@ -264,7 +336,7 @@ mod tests {
 
     #[test]
     fn empty_index_finds_nothing() {
-        let kb = KbIndex::build(vec![], 8, vec![], HNSW_THRESHOLD).unwrap();
+        let kb = KbIndex::build(vec![], 8, vec![], IndexSettings::default()).unwrap();
         assert!(kb.search("anything", &[0.0; 8], 4, 0.0).unwrap().is_empty());
     }
 
@@ -286,7 +358,7 @@ mod tests {
             normalize(&mut v);
             data.extend(v);
         }
-        let kb = KbIndex::build(chunks, dim, data, HNSW_THRESHOLD).unwrap();
+        let kb = KbIndex::build(chunks, dim, data, IndexSettings::default()).unwrap();
         let query = [1.0, 0.0, 0.0, 0.0];
         let hits = kb
             .search("when do gift cards expire", &query, 4, 0.5)

@@ -33,7 +33,7 @@ use protocol::error::ErrorCode;
 use crate::config::Config;
 use crate::llm::ProviderError;
 use embed::{EmbedKind, Embedder};
-use index::{HNSW_THRESHOLD, KbIndex};
+use index::KbIndex;
 
 /// Chunks embedded per provider call during a load; each batch is cached as soon as it is done,
 /// so an interrupted load keeps its progress.
@@ -322,7 +322,7 @@ async fn build_snapshot(
     let chunk_count = loaded.chunks.len();
     let chunks = loaded.chunks;
     let index = tokio::task::spawn_blocking(move || {
-        KbIndex::build(chunks, dimension, vectors, HNSW_THRESHOLD)
+        KbIndex::build(chunks, dimension, vectors, index::settings())
     })
     .await
     .context("the index task failed")??;

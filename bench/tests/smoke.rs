@@ -1,0 +1,92 @@
+//! A smoke run of `chat-bench` (tiny sizes, seconds) against a real `chat-server` process and
+//! PostgreSQL, so the tool cannot rot. It asserts what each scenario did, never how fast.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// `chat-server` of this profile, built if this test runs before anything built it.
+fn server_bin() -> PathBuf {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_chat-bench"));
+    let bin = bench.with_file_name("chat-server");
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--workspace", "--bins"]);
+        if bench.parent().and_then(|p| p.file_name()) == Some("release".as_ref()) {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo build");
+        assert!(status.success(), "building chat-server failed");
+    }
+    assert!(bin.is_file(), "no chat-server at {}", bin.display());
+    bin
+}
+
+#[test]
+fn smoke_run_of_every_scenario() {
+    let server = server_bin();
+    let output = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+        .args([
+            "--smoke",
+            "--scenarios",
+            "idle,streams,rest,history,login,retrieval",
+            "--server-log",
+        ])
+        .arg(std::env::temp_dir().join(format!("chat-bench-smoke-{}.log", std::process::id())))
+        .arg("--server-bin")
+        .arg(&server)
+        .output()
+        .expect("running chat-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "chat-bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let find = |name: &str| -> &Value {
+        lines
+            .iter()
+            .find(|l| l["scenario"] == name)
+            .unwrap_or_else(|| panic!("no {name} line in:\n{stdout}"))
+    };
+    assert!(lines.iter().all(|l| l.get("error").is_none()), "{stdout}");
+
+    let idle = find("idle_sockets");
+    assert_eq!(idle["opened"], 20, "{idle}");
+    assert!(
+        idle["server_rss_held_mib"].as_f64().unwrap() > 0.0,
+        "{idle}"
+    );
+
+    let streams = find("streams");
+    assert_eq!(streams["answered"], 10, "{streams}");
+    // Every chunk the fake stamped came back in a delta: 10 answers × 5 chunks.
+    assert_eq!(streams["chunk_samples"], 50, "{streams}");
+    assert!(streams["chunk_added_p50_ms"].as_f64().unwrap() >= 0.0);
+
+    let rest = find("rest_chat");
+    assert_eq!(rest["requests"], 10, "{rest}");
+    assert!(rest["server_cpu_s"].as_f64().unwrap() > 0.0, "{rest}");
+
+    let history = find("history");
+    assert_eq!(history["messages"], 200, "{history}");
+    assert_eq!(history["requests"], 20, "{history}");
+
+    let login = find("login_burst");
+    assert_eq!(
+        login["logins"].as_u64().unwrap() + login["refused_503"].as_u64().unwrap(),
+        4,
+        "{login}"
+    );
+
+    let retrieval = find("retrieval");
+    assert_eq!(retrieval["chunks"], 1000);
+    let recall = retrieval["recall_at_10"].as_f64().unwrap();
+    assert!((0.5..=1.0).contains(&recall), "{retrieval}");
+}

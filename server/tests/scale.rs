@@ -1,0 +1,135 @@
+//! Settings for many sockets and large knowledge bases, and the local model's batching,
+//! against the real server, PostgreSQL and model. Behaviour only: the figures are in
+//! BENCHMARKS.md (from `chat-bench`), never asserted here.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{next_frame, spawn_app_with, workspace_dir};
+use futures::SinkExt;
+use serde_json::json;
+use server::rag::embed::{Batching, EmbedKind, Embedder, LocalEmbedder};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn send(ws: &mut common::Ws, frame: serde_json::Value) {
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .expect("frame sent");
+}
+
+#[tokio::test]
+async fn tiny_socket_buffers_still_read_big_frames_and_stream_answers() {
+    let app = spawn_app_with(|c| {
+        c.ws_read_buffer_bytes = 256;
+        c.ws_write_buffer_bytes = 0;
+        c.ws_max_write_buffer_bytes = 2048;
+        c.max_question_chars = 100;
+    })
+    .await;
+    let tokens = app.user_tokens("alice").await;
+    let mut ws = app.ws_connect(&tokens.access).await;
+    assert_eq!(next_frame(&mut ws).await["type"], "ready");
+
+    // A 12 KB frame through a 256-byte read buffer arrives whole: the server reads the
+    // question and refuses it for its length (not for a broken frame), and the socket lives.
+    let long = "why ".repeat(3000);
+    send(&mut ws, json!({"type":"ask","id":"big","message":long})).await;
+    let refused = next_frame(&mut ws).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "validation_failed", "{refused}");
+    assert_eq!(refused["id"], "big");
+
+    // An answer streams whole through the small write buffer (its sources frame alone is
+    // larger than the read buffer).
+    send(
+        &mut ws,
+        json!({"type":"ask","id":"a1","message":"How long does shipping take?"}),
+    )
+    .await;
+    let mut text = String::new();
+    loop {
+        let frame = next_frame(&mut ws).await;
+        assert_eq!(frame["id"], "a1", "{frame}");
+        match frame["type"].as_str().unwrap() {
+            "delta" => text.push_str(frame["text"].as_str().unwrap()),
+            "done" => {
+                assert_eq!(frame["finish_reason"], "stop", "{frame}");
+                break;
+            }
+            "sources" => {}
+            other => panic!("unexpected {other}: {frame}"),
+        }
+    }
+    assert!(!text.trim().is_empty());
+}
+
+#[tokio::test]
+async fn questions_arriving_together_share_forward_passes_and_get_their_own_vectors() {
+    let dir = workspace_dir().join("models/all-MiniLM-L6-v2");
+    let batching = Batching {
+        window: Duration::from_millis(200),
+        max_batch: 64,
+    };
+    let model = tokio::task::spawn_blocking(move || LocalEmbedder::load_with(&dir, batching))
+        .await
+        .unwrap()
+        .expect("model loads");
+    let model = Arc::new(model);
+    let questions: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                "How long does parcel number {i} take to arrive in region {}?",
+                i * 7
+            )
+        })
+        .collect();
+
+    // One at a time: one pass each.
+    let mut alone = Vec::new();
+    for q in &questions {
+        let before = model.forward_passes();
+        let v = model
+            .embed(std::slice::from_ref(q), EmbedKind::Query)
+            .await
+            .unwrap();
+        assert_eq!(model.forward_passes(), before + 1);
+        alone.push(v.into_iter().next().unwrap());
+    }
+
+    // All at once: gathered into far fewer passes, each caller still gets its own vector.
+    let before = model.forward_passes();
+    let together = futures::future::join_all(questions.iter().map(|q| {
+        let model = Arc::clone(&model);
+        let q = q.clone();
+        async move { model.embed(&[q], EmbedKind::Query).await.unwrap() }
+    }))
+    .await;
+    let passes = model.forward_passes() - before;
+    assert!(passes < 6, "12 questions at once took {passes} passes");
+    for (i, (v, a)) in together.iter().zip(&alone).enumerate() {
+        assert_eq!(v.len(), 1);
+        let cosine: f32 = v[0].iter().zip(a).map(|(x, y)| x * y).sum();
+        assert!(
+            cosine > 0.999,
+            "question {i}: batched vector differs ({cosine})"
+        );
+    }
+
+    // A request of many texts (sentences of a passage) keeps its order.
+    let texts: Vec<String> = vec![
+        "Refunds take five business days.".into(),
+        "Gift cards never expire and can be used online or in stores.".into(),
+        "Shipping".into(),
+    ];
+    let many = model.embed(&texts, EmbedKind::Document).await.unwrap();
+    for (text, v) in texts.iter().zip(&many) {
+        let one = model
+            .embed(std::slice::from_ref(text), EmbedKind::Document)
+            .await
+            .unwrap();
+        let cosine: f32 = v.iter().zip(&one[0]).map(|(x, y)| x * y).sum();
+        assert!(cosine > 0.999, "{text}: {cosine}");
+    }
+}
