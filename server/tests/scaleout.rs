@@ -135,7 +135,10 @@ async fn cluster_config(fake_url: &str) -> Config {
 
 // ------------------------------------------------------------------------------------ helpers
 
-fn ws_request(url: &str, token: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+fn ws_request(
+    url: &str,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let mut request = url.into_client_request().unwrap();
     request
         .headers_mut()
@@ -203,12 +206,19 @@ impl Collected {
 
     /// Every seq from 0 once, the whole answer, ended with `stop`.
     fn assert_complete(&self, words: usize) {
-        assert!(self.repeated.is_empty(), "repeated seqs {:?}", self.repeated);
+        assert!(
+            self.repeated.is_empty(),
+            "repeated seqs {:?}",
+            self.repeated
+        );
         assert!(self.errors.is_empty(), "errors {:?}", self.errors);
         let seqs: Vec<u64> = self.deltas.keys().copied().collect();
         assert_eq!(seqs, (0..words as u64).collect::<Vec<_>>(), "no gap");
         let text: String = self.deltas.values().map(String::as_str).collect();
-        assert_eq!(text, (0..words).map(|i| format!("w{i} ")).collect::<String>());
+        assert_eq!(
+            text,
+            (0..words).map(|i| format!("w{i} ")).collect::<String>()
+        );
         let done = self.done.as_ref().expect("a done frame");
         assert_eq!(done["finish_reason"], "stop", "{done}");
     }
@@ -385,10 +395,7 @@ async fn asks_per_minute_and_sockets_per_user_hold_across_instances() {
     for app in [&a, &b] {
         let mut third = app.ws_connect(&user.access).await;
         let close = common::next_close(&mut third).await.expect("a close frame");
-        assert_eq!(
-            u16::from(close.code),
-            protocol::ws::CLOSE_TOO_MANY_SOCKETS
-        );
+        assert_eq!(u16::from(close.code), protocol::ws::CLOSE_TOO_MANY_SOCKETS);
     }
     // A closed socket gives its slot back (the lease is returned in the background).
     drop(on_b);
@@ -410,10 +417,14 @@ async fn asks_per_minute_and_sockets_per_user_hold_across_instances() {
 // -------------------------------------------------------------------------------- real HAProxy
 
 fn haproxy_binary() -> Option<PathBuf> {
-    ["/usr/sbin/haproxy", "/usr/bin/haproxy", "/usr/local/sbin/haproxy"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/sbin/haproxy",
+        "/usr/bin/haproxy",
+        "/usr/local/sbin/haproxy",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 fn free_port() -> u16 {
@@ -440,9 +451,7 @@ impl Haproxy {
         let backends: String = servers
             .iter()
             .enumerate()
-            .map(|(i, addr)| {
-                format!("    server app{i} {addr} check inter 500ms fall 2 rise 1\n")
-            })
+            .map(|(i, addr)| format!("    server app{i} {addr} check inter 500ms fall 2 rise 1\n"))
             .collect();
         let config = format!(
             "global\n    maxconn 2000\n\
@@ -583,7 +592,10 @@ async fn behind_haproxy_a_dropped_socket_resumes_on_the_other_instance() {
         .iter()
         .map(|s| holder(&apps, *s))
         .collect();
-    assert!(held.contains(&Some(0)) && held.contains(&Some(1)), "{held:?}");
+    assert!(
+        held.contains(&Some(0)) && held.contains(&Some(1)),
+        "{held:?}"
+    );
     eventually("sessions of both instances in the admin list", || async {
         let listed: Vec<SessionInfo> = client
             .get(proxy.url("/api/admin/sessions"))
@@ -599,8 +611,12 @@ async fn behind_haproxy_a_dropped_socket_resumes_on_the_other_instance() {
                 .iter()
                 .any(|s| holder(&apps, s.session_id) == Some(i))
         };
-        (on(0) && on(1) && listed.iter().all(|s| s.remote_addr.as_deref() == Some("127.0.0.1")))
-            .then_some(())
+        (on(0)
+            && on(1)
+            && listed
+                .iter()
+                .all(|s| s.remote_addr.as_deref() == Some("127.0.0.1")))
+        .then_some(())
     })
     .await;
 

@@ -202,7 +202,9 @@ pub(crate) async fn admit(state: &AppState, user_id: Uuid, question: &str) -> Re
         }
     };
     verdict.map_err(|retry_after_secs| ApiError::RateLimited {
-        message: format!("at most {per_minute} questions per minute; try again in {retry_after_secs} s"),
+        message: format!(
+            "at most {per_minute} questions per minute; try again in {retry_after_secs} s"
+        ),
         retry_after_secs,
     })
 }

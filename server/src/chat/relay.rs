@@ -102,7 +102,12 @@ impl Relay {
     }
 
     /// Writes the stream row of a new answer (before any of it is produced).
-    pub async fn register(&self, stream_id: Uuid, user_id: Uuid, ask_id: &str) -> anyhow::Result<()> {
+    pub async fn register(
+        &self,
+        stream_id: Uuid,
+        user_id: Uuid,
+        ask_id: &str,
+    ) -> anyhow::Result<()> {
         let client = self.db.get().await?;
         let stmt = client
             .prepare_cached(
@@ -185,14 +190,10 @@ impl Relay {
         let messages = client.simple_query(&sql).await?;
         // The last statement's completion says whether the lease row was inserted (the lock's
         // `SELECT` returns a row of its own, so rows alone do not tell).
-        let taken = messages
-            .iter()
-            .rev()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
-                _ => None,
-            })
-            == Some(1);
+        let taken = messages.iter().rev().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        }) == Some(1);
         Ok(taken.then(|| SocketLease {
             relay: Arc::clone(self),
             tasks: tasks.clone(),
@@ -474,10 +475,7 @@ pub async fn sweep(db: &Pool, stale_after: Duration) -> anyhow::Result<u64> {
     let streams = client
         .execute(
             &stmt,
-            &[
-                &RESUME_WINDOW.as_secs_f64(),
-                &ABANDONED_AFTER.as_secs_f64(),
-            ],
+            &[&RESUME_WINDOW.as_secs_f64(), &ABANDONED_AFTER.as_secs_f64()],
         )
         .await?;
     let stmt = client
@@ -487,7 +485,9 @@ pub async fn sweep(db: &Pool, stale_after: Duration) -> anyhow::Result<u64> {
                 OR cardinality(hits) = 0",
         )
         .await?;
-    client.execute(&stmt, &[&IDLE_RATE_LOG.as_secs_f64()]).await?;
+    client
+        .execute(&stmt, &[&IDLE_RATE_LOG.as_secs_f64()])
+        .await?;
     let stmt = client
         .prepare_cached(
             "DELETE FROM socket_leases l WHERE NOT EXISTS (SELECT 1 FROM instances i \

@@ -24,8 +24,7 @@ use futures::{SinkExt, StreamExt};
 use protocol::error::{ErrorBody, ErrorCode};
 use protocol::ws::{
     CLOSE_DISCONNECTED, CLOSE_SERVICE_RESTART, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_MANY_SOCKETS,
-    CLOSE_UNAUTHENTICATED,
-    ClientFrame, ServerFrame,
+    CLOSE_UNAUTHENTICATED, ClientFrame, ServerFrame,
 };
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::SendTimeoutError;
