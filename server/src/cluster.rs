@@ -17,6 +17,10 @@
 //!   `session_closed` event) by the next heartbeat of any instance. A graceful shutdown deletes
 //!   this instance's rows.
 //!
+//! - Cancels: a `cancel` frame for an answer another instance generates is published as
+//!   [`ClusterEvent::CancelAnswer`]; the instance holding the answer stops it. (Answers
+//!   themselves travel through tables, not notifications: see [`crate::chat::relay`].)
+//!
 //! Readers ([`all_sessions`]) take this instance's sessions from memory and the other
 //! instances' from the table: the local list is the source the table is written from, so it is
 //! never behind, and a session is listed as soon as its socket is ready.
