@@ -475,6 +475,30 @@ mod tests {
     }
 
     #[test]
+    fn events_survive_the_relay_encoding() {
+        let events = vec![
+            LogEvent::Sources {
+                conversation_id: Uuid::new_v4(),
+                sources: Vec::new(),
+            },
+            delta(7),
+            LogEvent::Failed {
+                code: ErrorCode::ProviderUnavailable,
+                message: "down".into(),
+            },
+            done(),
+            LogEvent::Rejected {
+                code: ErrorCode::Interrupted,
+                message: "gone".into(),
+            },
+        ];
+        for event in events {
+            let text = serde_json::to_string(&event).unwrap();
+            assert_eq!(serde_json::from_str::<LogEvent>(&text).unwrap(), event);
+        }
+    }
+
+    #[test]
     fn a_dropped_generator_still_ends_the_log() {
         let log = AnswerLog::new();
         drop(EndGuard(Arc::clone(&log)));

@@ -7,6 +7,10 @@
 //! answer copies its log into this connection's queue, and a follower that cannot queue within
 //! the slow-client bound closes the connection: a slow reader never slows an answer or anyone
 //! else.
+//!
+//! Answers asked here are also published to [`super::relay`], so a `resume` or `cancel` sent to
+//! any instance reaches them; a `resume` this instance has no buffer for is read from there. On
+//! server shutdown sockets close with 1012 ("service restart"): reconnect elsewhere and resume.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
