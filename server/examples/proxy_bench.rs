@@ -69,10 +69,8 @@ async fn completions() -> Response {
 }
 
 async fn spawn_fake() -> String {
-    let router = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(|| completions()),
-    );
+    let router =
+        axum::Router::new().route("/v1/chat/completions", axum::routing::post(completions));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
