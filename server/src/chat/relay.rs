@@ -64,6 +64,9 @@ const MAX_WRITE_FAILURES: u32 = 40;
 const ABANDONED_AFTER: Duration = Duration::from_secs(60 * 60);
 /// Rate logs with no hit for this long are deleted.
 const IDLE_RATE_LOG: Duration = Duration::from_secs(60 * 60);
+/// A remote reader that sees nothing new for this long (the publisher gave up, e.g. after a
+/// database failover emptied the table) ends with an `unavailable` error instead of waiting.
+const STALLED_AFTER: Duration = Duration::from_secs(120);
 /// How often [`run_sweeper`] sweeps.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -160,6 +163,7 @@ impl Relay {
             after_seq,
             buffer: VecDeque::new(),
             ended: false,
+            progressed: Instant::now(),
         }
     }
 
@@ -344,6 +348,8 @@ pub struct RemoteCursor {
     /// Fetched, not yet returned.
     buffer: VecDeque<LogEvent>,
     ended: bool,
+    /// When the last new event was fetched.
+    progressed: Instant,
 }
 
 impl RemoteCursor {
@@ -382,6 +388,13 @@ impl RemoteCursor {
                 }
             }
             if self.buffer.is_empty() {
+                if self.progressed.elapsed() > STALLED_AFTER {
+                    self.buffer.push_back(LogEvent::Rejected {
+                        code: ErrorCode::Unavailable,
+                        message: "the answer stopped arriving; ask again".into(),
+                    });
+                    continue;
+                }
                 tokio::time::sleep(BATCH_INTERVAL).await;
             }
         }
@@ -412,6 +425,7 @@ impl RemoteCursor {
             self.pos += 1;
         }
         if !rows.is_empty() {
+            self.progressed = Instant::now();
             return Ok(None);
         }
         let stmt = client
