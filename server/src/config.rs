@@ -119,7 +119,8 @@ pub struct Config {
     /// Largest accepted REST request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
-    /// Seconds to let requests and answers in flight finish after SIGTERM.
+    /// Drain timeout: seconds to let requests and answers in flight finish after SIGTERM (chat
+    /// sockets are closed at once with 1012 and resume their answers on another instance).
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
     /// Seconds between an instance's heartbeats in the shared live-sessions table.
@@ -278,13 +279,13 @@ pub struct Config {
     /// Answers in flight per connection.
     #[arg(long, env = "WS_MAX_IN_FLIGHT", default_value_t = 2)]
     pub ws_max_in_flight: usize,
-    /// Questions per minute per user (socket and REST together).
+    /// Questions per minute per user (socket and REST together, across all instances).
     #[arg(long, env = "ASKS_PER_MINUTE", default_value_t = 20)]
     pub asks_per_minute: u32,
     /// Seconds between server pings on the socket.
     #[arg(long, env = "WS_PING_SECS", default_value_t = 20)]
     pub ws_ping_secs: u64,
-    /// Chat sockets one user may hold open at once (per instance).
+    /// Chat sockets one user may hold open at once, counted across all instances.
     #[arg(long, env = "WS_MAX_SOCKETS_PER_USER", default_value_t = 16)]
     pub ws_max_sockets_per_user: usize,
     /// Chat sockets still waiting for their `auth` frame; past it new upgrades get a 503.

@@ -17,8 +17,8 @@
 //! - [`cluster`]: what instances share through PostgreSQL: live sessions, LISTEN/NOTIFY events.
 //! - [`telemetry`]: logging and metrics.
 //! - [`client_ip`]: the client address behind trusted proxies, as per-address limits count it.
-//! - [`throttle`]: fixed-window counters in PostgreSQL (sign-ups, login failures), shared by
-//!   every instance.
+//! - [`throttle`]: counters in PostgreSQL shared by every instance: fixed windows (sign-ups,
+//!   login failures) and a sliding log (asks per minute).
 //! - [`web`]: the browser chat page at `/` and its assets, with the page security headers.
 //! - [`import_django`]: `chat-server import-django`, the Django prototype's users and history.
 //! - [`gaps`]: per-question retrieval signals and the knowledge-gaps report (grouped by meaning).

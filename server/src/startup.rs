@@ -57,6 +57,11 @@ impl Application {
             crate::cluster::ClusterSettings::from_config(&config),
             Arc::clone(&changes),
         ));
+        let relay = Arc::new(crate::chat::relay::Relay::new(
+            db.clone(),
+            cluster.instance_id(),
+            Duration::from_secs(config.instance_stale_secs),
+        ));
         let state = AppState {
             config: Arc::new(config),
             db,
@@ -66,6 +71,7 @@ impl Application {
                 changes,
             )),
             cluster,
+            relay,
             metrics: crate::telemetry::metrics_handle(),
             trusted_proxies,
             shutdown,
@@ -84,6 +90,11 @@ impl Application {
         state.tasks.spawn(crate::cluster::run(state.clone()));
         crate::chat::orphans::start(&state).await?;
         state.tasks.spawn(crate::chat::orphans::run(state.clone()));
+        state.tasks.spawn(crate::chat::relay::run_sweeper(
+            state.db.clone(),
+            Duration::from_secs(state.config.instance_stale_secs),
+            state.shutdown.clone(),
+        ));
 
         let listener = TcpListener::bind(state.config.bind_addr)
             .await

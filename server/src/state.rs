@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::answer::Answerer;
 use crate::auth::TokenService;
+use crate::chat::relay::Relay;
 use crate::chat::sessions::SessionRegistry;
 use crate::client_ip::TrustedProxies;
 use crate::cluster::Cluster;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub sessions: Arc<SessionRegistry>,
     /// This instance's id and its view of the other instances (shared live sessions, events).
     pub cluster: Arc<Cluster>,
+    /// Answers published for resuming on any instance, and the limits all instances share.
+    pub relay: Arc<Relay>,
     pub metrics: PrometheusHandle,
     /// Reverse proxies whose forwarding headers name the client (`TRUSTED_PROXIES`).
     pub trusted_proxies: Arc<TrustedProxies>,

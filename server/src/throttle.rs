@@ -7,6 +7,9 @@
 //! recording cannot be raced apart. (A fixed window lets a client spend two windows' worth
 //! around a boundary; for limits measured in handfuls per minutes that is an accepted cost of
 //! a single statement per check.)
+//!
+//! Asks per minute per user use a sliding log instead ([`sliding_hit`], table `rate_logs`), also
+//! one statement per check.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -109,4 +112,45 @@ impl Counted {
     pub fn key(&self) -> &str {
         &self.key
     }
+}
+
+/// Counts one hit under `key` in a sliding window of `window_secs` (the `rate_logs` table,
+/// shared by every instance) unless `max` hits are already in it: `Ok(())` when counted,
+/// `Err(retry_after_secs)` when over the limit (until the oldest hit in the window leaves it).
+///
+/// One upsert that checks and appends under the row's lock, so parallel hits on several
+/// instances cannot slip past the limit together. Unlike [`hit`]'s fixed windows there is no
+/// boundary at which a client may spend two windows' worth: this matches the per-instance
+/// sliding limit it replaces (asks per minute). The row holds at most `max` timestamps.
+pub async fn sliding_hit(
+    db: &impl GenericClient,
+    key: &str,
+    max: u32,
+    window_secs: u64,
+) -> Result<Result<(), u64>, ApiError> {
+    let statement = db
+        .prepare_cached(
+            "INSERT INTO rate_logs AS r (key, hits) \
+             VALUES ($1, CASE WHEN $2::bigint > 0 THEN ARRAY[statement_timestamp()] \
+                              ELSE '{}'::timestamptz[] END) \
+             ON CONFLICT (key) DO UPDATE SET hits = ( \
+               SELECT coalesce(array_agg(t ORDER BY t), '{}'::timestamptz[]) \
+                      || CASE WHEN count(*) < $2::bigint THEN ARRAY[statement_timestamp()] \
+                              ELSE '{}'::timestamptz[] END \
+               FROM unnest(r.hits) AS t \
+               WHERE t > statement_timestamp() - make_interval(secs => $3)) \
+             RETURNING coalesce(hits[cardinality(hits)] = statement_timestamp(), false), \
+                       greatest(1, ceil(extract(epoch FROM \
+                         hits[1] + make_interval(secs => $3) - statement_timestamp())))::bigint",
+        )
+        .await?;
+    let max = i64::from(max);
+    let window = window_secs.max(1) as f64;
+    let row = db.query_one(&statement, &[&key, &max, &window]).await?;
+    let counted: bool = row.try_get(0)?;
+    if counted {
+        return Ok(Ok(()));
+    }
+    let retry: Option<i64> = row.try_get(1)?;
+    Ok(Err(retry.map_or(window_secs.max(1), i64::unsigned_abs)))
 }

@@ -559,8 +559,10 @@ function onClose(ws, event) {
     notice("Too many chat windows are open for this account. Close one, then reload this page.", true);
     return;
   }
-  if (wasReady) chat.attempts = 0;
-  scheduleReconnect(event.code === 1001 ? "going_away" : "network");
+  // 1012: this server instance is draining for a restart; another one takes the reconnect
+  // (through the load balancer) and resumes the answer, so start over from the first backoff.
+  if (wasReady || event.code === 1012) chat.attempts = 0;
+  scheduleReconnect(event.code === 1001 || event.code === 1012 ? "going_away" : "network");
 }
 
 function scheduleReconnect(reason) {

@@ -1216,7 +1216,8 @@ async fn shutdown_closes_sockets_but_lets_answers_finish_and_be_stored() {
     let database_url = app.database_url.clone();
     let stopping = tokio::spawn(app.stop());
     let close = expect_close(&mut ws).await.expect("a close frame");
-    assert_eq!(u16::from(close.code), 1001);
+    // 1012 (service restart): reconnect, possibly to another instance, and resume.
+    assert_eq!(u16::from(close.code), protocol::ws::CLOSE_SERVICE_RESTART);
     stopping.await.unwrap();
 
     // The server waited for the answer: it is stored complete, the provider read to its end.

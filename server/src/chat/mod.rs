@@ -7,6 +7,8 @@
 //!   conversation routes.
 //! - [`pipeline`]: one answer, whoever asked: store the question, generate in a task of its own
 //!   into an [`pipeline::AnswerLog`] that readers follow (live or resumed), store the answer.
+//! - [`relay`]: answers published to PostgreSQL so a socket can resume them on any instance, and
+//!   the limits every instance shares (asks per minute, sockets per user).
 //! - [`sessions`]: the live-session registry (admin view and events), the asks-per-minute limit
 //!   and the per-user resume buffers.
 //! - [`store`]: the conversation and message queries.
@@ -25,6 +27,7 @@ mod durable;
 pub mod feedback;
 pub mod orphans;
 pub mod pipeline;
+pub mod relay;
 pub mod rest;
 pub mod sessions;
 pub mod socket;

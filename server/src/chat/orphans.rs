@@ -100,7 +100,16 @@ pub async fn run(state: AppState) {
     let mut failing = false;
     loop {
         tokio::select! {
-            () = state.shutdown.cancelled() => break,
+            // A draining instance beats on while its answers are still being published, so
+            // readers on other instances do not take them for interrupted (the drain itself
+            // is bounded by the shutdown grace period).
+            () = state.shutdown.cancelled(), if !state.shutdown.is_cancelled() => continue,
+            () = tokio::time::sleep(Duration::from_millis(100)), if state.shutdown.is_cancelled() => {
+                if state.relay.publishing() == 0 {
+                    break;
+                }
+                continue;
+            }
             _ = ticks.tick() => {}
         }
         let result = async {

@@ -19,7 +19,9 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Something that happened to an answer, in order. `Done` and `Rejected` end the log.
-#[derive(Debug, Clone, PartialEq)]
+/// Serialized (as JSON) only to relay an answer to other instances ([`super::relay`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum LogEvent {
     Sources {
         conversation_id: Uuid,
@@ -44,7 +46,7 @@ pub enum LogEvent {
 }
 
 impl LogEvent {
-    fn is_terminal(&self) -> bool {
+    pub(crate) fn is_terminal(&self) -> bool {
         matches!(self, Self::Done(_) | Self::Rejected { .. })
     }
 }
@@ -172,8 +174,10 @@ impl LogCursor {
     }
 }
 
-/// Checks a question and counts it against the user's asks-per-minute limit.
-pub(crate) fn admit(state: &AppState, user_id: Uuid, question: &str) -> Result<(), ApiError> {
+/// Checks a question and counts it against the user's asks-per-minute limit, shared by every
+/// instance (`rate_logs`, one statement). If the database cannot be asked, this instance's own
+/// count applies instead, so the limit never falls away entirely.
+pub(crate) async fn admit(state: &AppState, user_id: Uuid, question: &str) -> Result<(), ApiError> {
     if question.trim().is_empty() {
         return Err(ApiError::validation("message", "must not be empty"));
     }
@@ -184,16 +188,25 @@ pub(crate) fn admit(state: &AppState, user_id: Uuid, question: &str) -> Result<(
             format!("must be at most {max} characters"),
         ));
     }
-    state
-        .sessions
-        .check_rate(user_id, state.config.asks_per_minute)
-        .map_err(|retry_after_secs| ApiError::RateLimited {
-            message: format!(
-                "at most {} questions per minute; try again in {retry_after_secs} s",
-                state.config.asks_per_minute
-            ),
-            retry_after_secs,
-        })
+    let per_minute = state.config.asks_per_minute;
+    let key = format!("asks:{user_id}");
+    let shared = async {
+        let client = state.db.get().await?;
+        crate::throttle::sliding_hit(&client, &key, per_minute, 60).await
+    };
+    let verdict = match shared.await {
+        Ok(verdict) => verdict,
+        Err(e) => {
+            tracing::warn!(error = ?e, "shared ask limit unavailable; counting locally");
+            state.sessions.check_rate(user_id, per_minute)
+        }
+    };
+    verdict.map_err(|retry_after_secs| ApiError::RateLimited {
+        message: format!(
+            "at most {per_minute} questions per minute; try again in {retry_after_secs} s"
+        ),
+        retry_after_secs,
+    })
 }
 
 /// A question that has been stored and is ready to be answered.
@@ -459,6 +472,30 @@ mod tests {
         assert_eq!(rest, vec![delta(0), delta(1), delta(2), done()]);
         writer.await.unwrap();
         assert!(log.is_finished());
+    }
+
+    #[test]
+    fn events_survive_the_relay_encoding() {
+        let events = vec![
+            LogEvent::Sources {
+                conversation_id: Uuid::new_v4(),
+                sources: Vec::new(),
+            },
+            delta(7),
+            LogEvent::Failed {
+                code: ErrorCode::ProviderUnavailable,
+                message: "down".into(),
+            },
+            done(),
+            LogEvent::Rejected {
+                code: ErrorCode::Interrupted,
+                message: "gone".into(),
+            },
+        ];
+        for event in events {
+            let text = serde_json::to_string(&event).unwrap();
+            assert_eq!(serde_json::from_str::<LogEvent>(&text).unwrap(), event);
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ async fn start(
     user: &AuthUser,
     request: ChatRequest,
 ) -> ApiResult<Arc<AnswerLog>> {
-    pipeline::admit(state, user.id, &request.message)?;
+    pipeline::admit(state, user.id, &request.message).await?;
     let accepted =
         pipeline::accept(state, user.id, request.message, request.conversation_id).await?;
     let log = AnswerLog::new();

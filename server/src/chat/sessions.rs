@@ -3,8 +3,10 @@
 //! The sessions and limits here are this instance's, in memory. Every session change is also
 //! recorded for the cluster writer ([`crate::cluster`]), which shares it with the other
 //! instances through PostgreSQL (the `live_sessions` table and NOTIFY), so the admin view spans
-//! all instances. The asks-per-minute limit is still counted per instance (with N instances
-//! behind a load balancer a user can ask up to N times the limit): an accepted trade-off.
+//! all instances. The asks-per-minute limit and the per-user socket cap are enforced across
+//! instances by [`super::relay`] (PostgreSQL); the counts here are this instance's, used when
+//! the database cannot be asked. The resume buffers here serve resumes on this instance; other
+//! instances read the same answers from the relay.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};

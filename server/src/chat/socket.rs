@@ -7,6 +7,10 @@
 //! answer copies its log into this connection's queue, and a follower that cannot queue within
 //! the slow-client bound closes the connection: a slow reader never slows an answer or anyone
 //! else.
+//!
+//! Answers asked here are also published to [`super::relay`], so a `resume` or `cancel` sent to
+//! any instance reaches them; a `resume` this instance has no buffer for is read from there. On
+//! server shutdown sockets close with 1012 ("service restart"): reconnect elsewhere and resume.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -23,8 +27,8 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use protocol::error::{ErrorBody, ErrorCode};
 use protocol::ws::{
-    CLOSE_DISCONNECTED, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_MANY_SOCKETS, CLOSE_UNAUTHENTICATED,
-    ClientFrame, ServerFrame,
+    CLOSE_DISCONNECTED, CLOSE_SERVICE_RESTART, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_MANY_SOCKETS,
+    CLOSE_UNAUTHENTICATED, ClientFrame, ServerFrame,
 };
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::SendTimeoutError;
@@ -33,7 +37,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::pipeline::{self, AnswerLog, LogCursor, LogEvent};
+use super::pipeline::{self, AnswerLog, LogEvent};
+use super::relay::{Reader, SocketLease};
 use super::sessions::{SessionGuard, SessionRegistry, Unauthenticated};
 use super::store;
 use crate::auth::AuthUser;
@@ -46,7 +51,7 @@ use crate::state::AppState;
 const OUT_QUEUE: usize = 256;
 /// Longest accepted ask id.
 const MAX_ID_CHARS: usize = 128;
-/// Close code for "going away" (server shutdown, dead peer).
+/// Close code for "going away" (dead peer).
 const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a server-side failure.
 const CLOSE_INTERNAL: u16 = 1011;
@@ -288,6 +293,29 @@ async fn serve(mut socket: WebSocket, state: AppState, auth: Auth, peer: Peer) {
             return;
         }
     };
+    // The per-user cap counts the user's sockets on every instance (one statement); with the
+    // database away, this instance's own count below still applies.
+    let lease = match state
+        .relay
+        .lease_socket(&state.tasks, user.id, state.config.ws_max_sockets_per_user)
+        .await
+    {
+        Ok(Some(lease)) => Some(lease),
+        Ok(None) => {
+            metrics::counter!("chat_sockets_refused_total", "why" => "per_user").increment(1);
+            let _ = socket
+                .send(close_message(
+                    CLOSE_TOO_MANY_SOCKETS,
+                    "too many open sockets for this user",
+                ))
+                .await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = ?e, "shared socket cap unavailable; counting locally");
+            None
+        }
+    };
     let Some(session) = state.sessions.try_open(
         state.config.ws_max_sockets_per_user,
         user.id,
@@ -324,6 +352,7 @@ async fn serve(mut socket: WebSocket, state: AppState, auth: Auth, peer: Peer) {
     let patience = ping_period * 2;
     let writer = tokio::spawn(write_loop(sink, queue, patience));
     let connection = Connection {
+        _lease: lease,
         deadline: user.expiry(),
         user,
         session,
@@ -364,6 +393,8 @@ struct Connection {
     user: AuthUser,
     /// Keeps the session listed while the connection lives.
     session: SessionGuard,
+    /// This socket's slot under the user's cap on all instances, given back when dropped.
+    _lease: Option<SocketLease>,
     /// Frames for the writer task (bounded: see `OUT_QUEUE`).
     out: mpsc::Sender<Outgoing>,
     /// Cancelled when the peer does not take frames fast enough.
@@ -442,7 +473,9 @@ impl Connection {
                 }
                 () = &mut expiry => break Ending::Close(CLOSE_TOKEN_EXPIRED, Utf8Bytes::from_static("token expired")),
                 () = too_slow.cancelled() => break Ending::Close(CLOSE_POLICY, Utf8Bytes::from_static("too slow to read")),
-                () = shutdown.cancelled() => break Ending::Close(CLOSE_GOING_AWAY, Utf8Bytes::from_static("server shutting down")),
+                // The instance is draining: answers in flight go on (and stay resumable on
+                // any instance); the client reconnects, through the balancer, elsewhere.
+                () = shutdown.cancelled() => break Ending::Close(CLOSE_SERVICE_RESTART, Utf8Bytes::from_static("server restarting; reconnect and resume")),
                 _ = &mut writer => break Ending::Drop,
                 Some(_) = self.followers.join_next(), if !self.followers.is_empty() => {}
             }
@@ -513,17 +546,13 @@ impl Connection {
                 message,
                 conversation_id,
             } => {
-                if let Err(e) = self.ask(&id, message, conversation_id) {
+                if let Err(e) = self.ask(&id, message, conversation_id).await {
                     self.send_error(Some(id), e).await;
                 }
             }
             ClientFrame::Cancel { id } => {
-                match self.state.sessions.find_answer(self.user.id, &id) {
-                    Some(log) => log.cancel(),
-                    None => {
-                        let e = ApiError::NotFound("no answer with this id to cancel");
-                        self.send_error(Some(id), e).await;
-                    }
+                if let Err(e) = self.cancel(&id).await {
+                    self.send_error(Some(id), e).await;
                 }
             }
             ClientFrame::Feedback {
@@ -544,12 +573,21 @@ impl Connection {
                     self.send_error(Some(id), e).await;
                     return None;
                 }
-                match self.state.sessions.find_answer(self.user.id, &id) {
-                    Some(log) => self.follow(id, log.resume(after_seq)),
-                    None => {
+                if let Some(log) = self.state.sessions.find_answer(self.user.id, &id) {
+                    self.follow(id, log.resume(after_seq).into());
+                    return None;
+                }
+                // Generated (or being generated) by another instance: read it from the relay.
+                match self.state.relay.find(self.user.id, &id).await {
+                    Ok(Some(stream)) => {
+                        let cursor = self.state.relay.remote_cursor(stream, after_seq);
+                        self.follow(id, Reader::Remote(cursor));
+                    }
+                    Ok(None) => {
                         let e = ApiError::NotFound("no recent answer with this id");
                         self.send_error(Some(id), e).await;
                     }
+                    Err(e) => self.send_error(Some(id), e).await,
                 }
             }
         }
@@ -590,8 +628,33 @@ impl Connection {
         Ok(())
     }
 
+    /// Cancels the user's answer `id`: here if this instance generates it, else through the
+    /// other instances (the one generating it stops it).
+    async fn cancel(&self, id: &str) -> Result<(), ApiError> {
+        if let Some(log) = self.state.sessions.find_answer(self.user.id, id) {
+            log.cancel();
+            return Ok(());
+        }
+        match self.state.relay.find(self.user.id, id).await? {
+            Some(stream) if !stream.finished => {
+                let published = self
+                    .state
+                    .cluster
+                    .publish_cancel(self.user.id, id.to_owned())
+                    .await;
+                published.map_err(|e| {
+                    tracing::warn!(error = %e, "could not pass a cancel to the other instances");
+                    ApiError::Overloaded("the cancel could not be passed on; try again")
+                })
+            }
+            // Finished already: nothing left to stop.
+            Some(_) => Ok(()),
+            None => Err(ApiError::NotFound("no answer with this id to cancel")),
+        }
+    }
+
     /// Starts an answer: limits, then a task that stores the question and generates.
-    fn ask(
+    async fn ask(
         &mut self,
         id: &str,
         message: String,
@@ -609,7 +672,7 @@ impl Connection {
                 retry_after: None,
             });
         }
-        pipeline::admit(&self.state, self.user.id, &message)?;
+        pipeline::admit(&self.state, self.user.id, &message).await?;
         let log = AnswerLog::new();
         self.state
             .sessions
@@ -626,20 +689,37 @@ impl Connection {
         let state = self.state.clone();
         let user_id = self.user.id;
         let answer_log = Arc::clone(&log);
+        let ask_id = id.to_owned();
         self.state.tasks.spawn(async move {
             let _answering = answering;
-            match pipeline::accept(&state, user_id, message, conversation_id).await {
+            // The relay's stream row is written before anything of the answer exists (in
+            // parallel with storing the question), so a client that saw any of it can resume
+            // it on any instance.
+            let stream_id = Uuid::new_v4();
+            let (accepted, registered) = tokio::join!(
+                pipeline::accept(&state, user_id, message, conversation_id),
+                state.relay.register(stream_id, user_id, &ask_id),
+            );
+            match registered {
+                Ok(()) => state
+                    .relay
+                    .spawn_publisher(&state.tasks, stream_id, answer_log.follow()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "answer not published; resumable on this instance only");
+                }
+            }
+            match accepted {
                 Ok(accepted) => pipeline::generate(state, accepted, answer_log).await,
                 Err(e) => pipeline::reject(&answer_log, &e),
             }
         });
         metrics::counter!("chat_asks_total", "via" => "socket").increment(1);
-        self.follow(id.to_owned(), log.follow());
+        self.follow(id.to_owned(), log.follow().into());
         Ok(())
     }
 
     /// Copies an answer's log into this connection's queue.
-    fn follow(&mut self, id: String, cursor: LogCursor) {
+    fn follow(&mut self, id: String, cursor: Reader) {
         let out = self.out.clone();
         let too_slow = self.too_slow.clone();
         let patience = self.patience;
@@ -649,12 +729,13 @@ impl Connection {
 }
 
 async fn follow(
-    mut cursor: LogCursor,
+    cursor: impl Into<Reader>,
     id: String,
     out: mpsc::Sender<Outgoing>,
     too_slow: CancellationToken,
     patience: Duration,
 ) {
+    let mut cursor = cursor.into();
     while let Some(event) = cursor.next().await {
         let frame = match event {
             LogEvent::Sources {

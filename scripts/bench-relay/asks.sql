@@ -1,0 +1,2 @@
+\set u random(1, 1000)
+INSERT INTO rate_logs AS r (key, hits) VALUES ('asks:' || :u, ARRAY[statement_timestamp()]) ON CONFLICT (key) DO UPDATE SET hits = (SELECT coalesce(array_agg(t ORDER BY t), '{}'::timestamptz[]) || CASE WHEN count(*) < 20 THEN ARRAY[statement_timestamp()] ELSE '{}'::timestamptz[] END FROM unnest(r.hits) AS t WHERE t > statement_timestamp() - make_interval(secs => 60)) RETURNING coalesce(hits[cardinality(hits)] = statement_timestamp(), false);

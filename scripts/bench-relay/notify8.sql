@@ -1,0 +1,1 @@
+SELECT pg_notify('bench', '{"origin":"9f0c1b1e-0000-0000-0000-000000000000","event":{"type":"deltas","stream":"9f0c1b1e-0000-0000-0000-000000000001","deltas":[' || string_agg('{"seq":' || g || ',"text":" refunds take five"}', ',') || ']}}') FROM generate_series(0,7) g;
