@@ -1,6 +1,6 @@
 # One command runs the service, one runs the tests; both set the machine up first
 # (system packages, embedding model, PostgreSQL) through scripts/setup.sh.
-.PHONY: run test lint eval bench
+.PHONY: run test lint eval eval-heldout bench
 
 run:
 	scripts/run.sh
@@ -14,6 +14,11 @@ lint:
 
 eval:
 	scripts/run.sh eval
+
+# The held-out check: the Debian FAQ (unpacked from its Debian package), never used for tuning.
+eval-heldout:
+	scripts/debian-faq.sh
+	scripts/run.sh eval --questions eval/debian-faq/questions.json
 
 bench:
 	bash -c 'source scripts/setup.sh && cargo run -p server --example load && cargo run -p server --example flood'
