@@ -237,13 +237,13 @@ pub struct Config {
     #[arg(long, env = "RAG_MIN_SIMILARITY")]
     pub rag_min_similarity: Option<f32>,
     /// Cosine similarity from which the best passage is used without the lexical-support check
-    /// [default: tuned per embedding model: 0.45 for all-MiniLM-L6-v2; for other models their
-    /// RAG_MIN_SIMILARITY + 0.09, an estimate].
+    /// [default: tuned per embedding model: 0.44 for all-MiniLM-L6-v2; for other models their
+    /// RAG_MIN_SIMILARITY + 0.08, an estimate].
     #[arg(long, env = "RAG_CONFIDENT_SIMILARITY")]
     pub rag_confident_similarity: Option<f32>,
     /// Under the confident similarity, the share (0..=1) of the question's rare words (weighted
     /// by their rarity in the knowledge base) the top passages must contain; 0 turns the check
-    /// off [default: 0.5].
+    /// off [default: 0.6].
     #[arg(long, env = "RAG_MIN_LEXICAL_SUPPORT")]
     pub rag_min_lexical_support: Option<f32>,
     /// Earlier question/answer pairs of the conversation put in the prompt.
