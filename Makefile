@@ -1,6 +1,6 @@
 # One command runs the service, one runs the tests; both set the machine up first
 # (system packages, embedding model, PostgreSQL) through scripts/setup.sh.
-.PHONY: run test lint eval bench
+.PHONY: run test lint eval eval-heldout bench
 
 run:
 	scripts/run.sh
@@ -14,6 +14,11 @@ lint:
 
 eval:
 	scripts/run.sh eval
+
+# The held-out check: the Debian FAQ (unpacked from its Debian package), never used for tuning.
+eval-heldout:
+	scripts/debian-faq.sh
+	scripts/run.sh eval --questions eval/debian-faq/questions.json
 
 # chat-bench (bench/): the black-box load tool against a separate release server process,
 # then the older in-process benchmarks. Figures: BENCHMARKS.md.

@@ -253,6 +253,16 @@ pub struct Config {
     /// Most texts in one forward pass of the local embedding model.
     #[arg(long, env = "EMBED_MAX_BATCH", default_value_t = 32)]
     pub embed_max_batch: usize,
+    /// Cosine similarity from which the best passage is used without the lexical-support check
+    /// [default: tuned per embedding model: 0.44 for all-MiniLM-L6-v2; for other models their
+    /// RAG_MIN_SIMILARITY + 0.08, an estimate].
+    #[arg(long, env = "RAG_CONFIDENT_SIMILARITY")]
+    pub rag_confident_similarity: Option<f32>,
+    /// Under the confident similarity, the share (0..=1) of the question's rare words (weighted
+    /// by their rarity in the knowledge base) the top passages must contain; 0 turns the check
+    /// off [default: 0.6].
+    #[arg(long, env = "RAG_MIN_LEXICAL_SUPPORT")]
+    pub rag_min_lexical_support: Option<f32>,
     /// Earlier question/answer pairs of the conversation put in the prompt.
     #[arg(long, env = "HISTORY_TURNS", default_value_t = 4)]
     pub history_turns: usize,
@@ -426,6 +436,20 @@ impl Config {
         {
             return Err(ConfigError::Invalid(format!(
                 "RAG_MIN_SIMILARITY is a cosine similarity within -1..=1 (got {t})"
+            )));
+        }
+        if let Some(t) = self.rag_confident_similarity
+            && !(-1.0..=1.0).contains(&t)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "RAG_CONFIDENT_SIMILARITY is a cosine similarity within -1..=1 (got {t})"
+            )));
+        }
+        if let Some(s) = self.rag_min_lexical_support
+            && !(0.0..=1.0).contains(&s)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "RAG_MIN_LEXICAL_SUPPORT is a share within 0..=1 (got {s})"
             )));
         }
         if self.instance_heartbeat_secs == 0

@@ -262,3 +262,69 @@ async fn rag_min_similarity_overrides_the_model_threshold() {
     assert_eq!(answer, REFUSAL);
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn under_the_confident_similarity_a_question_must_share_a_distinctive_word() {
+    let db = TestDb::new().await;
+    // Floor -1 and confident similarity 1: the lexical check alone decides.
+    let lexical_only = config(
+        &db.url,
+        &fixture_kb(),
+        &["--rag-min-similarity=-1", "--rag-confident-similarity", "1"],
+    );
+    let answerer = Answerer::start(&lexical_only, db.pool.clone())
+        .await
+        .unwrap();
+    let relevance = answerer.rag().relevance();
+    assert_eq!(relevance.confident_similarity, 1.0);
+    assert_eq!(
+        relevance.min_support,
+        server::rag::support::MIN_SUPPORT,
+        "the tuned support share applies unless set"
+    );
+
+    // None of its words is in the knowledge base: refused, though passages exist above the
+    // floor.
+    let off = "Which planet is the largest in the solar system?";
+    let assessed = answerer.rag().assess(off, 4, -1.0).await.unwrap();
+    assert!(!assessed.passages.is_empty());
+    assert_eq!(assessed.support, 0.0);
+    assert!(answerer.rag().retrieve(off, 4).await.unwrap().is_empty());
+    let (answer, _) = collect_text(answerer.prepare(standalone(off)).await.unwrap().stream)
+        .await
+        .unwrap();
+    assert_eq!(answer, REFUSAL);
+
+    // Paraphrases sharing one distinctive word ("refund", "gift") are answered.
+    for (question, fact) in [
+        ("How long does it take to get my refund?", "5 business days"),
+        ("Do gift vouchers expire?", "24 months"),
+    ] {
+        let assessed = answerer.rag().assess(question, 4, -1.0).await.unwrap();
+        assert!(
+            assessed.support >= relevance.min_support,
+            "{question}: {}",
+            assessed.support
+        );
+        let prepared = answerer.prepare(standalone(question)).await.unwrap();
+        assert!(!prepared.sources.is_empty(), "{question}");
+        let (answer, _) = collect_text(prepared.stream).await.unwrap();
+        assert!(answer.contains(fact), "{question}: {answer}");
+    }
+
+    // A support share of 0 turns the check off: the off-topic question then gets passages.
+    let unchecked = config(
+        &db.url,
+        &fixture_kb(),
+        &[
+            "--rag-min-similarity=-1",
+            "--rag-confident-similarity",
+            "1",
+            "--rag-min-lexical-support",
+            "0",
+        ],
+    );
+    let answerer = Answerer::start(&unchecked, db.pool.clone()).await.unwrap();
+    assert!(!answerer.rag().retrieve(off, 4).await.unwrap().is_empty());
+    db.drop_db().await;
+}

@@ -19,6 +19,7 @@ pub mod index;
 pub mod loader;
 pub mod markup;
 pub mod progress;
+pub mod support;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::config::Config;
 use crate::llm::ProviderError;
 use embed::{EmbedKind, Embedder};
 use index::KbIndex;
+use support::{LexicalStats, Relevance, RelevanceSettings, SUPPORT_PASSAGES};
 
 /// Chunks embedded per provider call during a load; each batch is cached as soon as it is done,
 /// so an interrupted load keeps its progress.
@@ -85,7 +87,20 @@ impl RagError {
 /// What questions are answered from: the index and its description, swapped as one.
 struct Snapshot {
     index: Arc<KbIndex>,
+    /// Term statistics for the lexical-support check, in the index's row order.
+    lexical: Arc<LexicalStats>,
     info: KbInfo,
+}
+
+/// Passages for a question before the relevance decision, with what it is taken on.
+#[derive(Debug, Clone)]
+pub struct Assessed {
+    /// Best first, as ranked; none under the similarity floor it was searched with.
+    pub passages: Vec<Retrieved>,
+    /// Best cosine similarity among the passages (`f32::MIN` when there are none).
+    pub best_similarity: f32,
+    /// Lexical support of the top passages ([`support`]).
+    pub support: f32,
 }
 
 /// The knowledge base service: load, reload, search.
@@ -93,9 +108,9 @@ pub struct Rag {
     embedder: Arc<dyn Embedder>,
     db: Pool,
     kb_dir: PathBuf,
-    /// Cosine similarity under which a passage is not used: `RAG_MIN_SIMILARITY`, else the
-    /// embedder's tuned default.
-    threshold: f32,
+    /// When passages are used at all: the cosine floor (`RAG_MIN_SIMILARITY`, else the
+    /// embedder's tuned default) and the lexical-support check under the confident similarity.
+    relevance: Relevance,
     /// The loaded knowledge base. Readers take a cheap snapshot (`load_full`) and keep it for
     /// the whole question, so a reload swapping in a new one never disturbs them.
     current: ArcSwap<Snapshot>,
@@ -116,7 +131,11 @@ impl Rag {
             embedder,
             db,
             config.knowledge_base_dir.clone(),
-            config.rag_min_similarity,
+            RelevanceSettings {
+                min_similarity: config.rag_min_similarity,
+                confident_similarity: config.rag_confident_similarity,
+                min_support: config.rag_min_lexical_support,
+            },
         )
         .await
     }
@@ -127,16 +146,20 @@ impl Rag {
         db: Pool,
         kb_dir: PathBuf,
     ) -> anyhow::Result<Arc<Rag>> {
-        Self::load(embedder, db, kb_dir, None).await
+        Self::load(embedder, db, kb_dir, RelevanceSettings::default()).await
     }
 
     async fn load(
         embedder: Arc<dyn Embedder>,
         db: Pool,
         kb_dir: PathBuf,
-        threshold: Option<f32>,
+        settings: RelevanceSettings,
     ) -> anyhow::Result<Arc<Rag>> {
-        let threshold = threshold.unwrap_or_else(|| embedder.relevance_threshold());
+        let relevance = Relevance::for_embedder(
+            embedder.provider(),
+            embedder.relevance_threshold(),
+            settings,
+        );
         let embedder: Arc<dyn Embedder> = Arc::new(embed::QueryCache::new(embedder));
         let progress = progress::ProgressSink::default();
         let snapshot = build_snapshot(embedder.as_ref(), &db, &kb_dir, &progress).await?;
@@ -145,7 +168,7 @@ impl Rag {
             embedder,
             db,
             kb_dir,
-            threshold,
+            relevance,
             current: ArcSwap::from_pointee(snapshot),
             reload_lock: tokio::sync::Mutex::new(()),
             progress,
@@ -184,23 +207,51 @@ impl Rag {
 
     /// The cosine similarity under which passages are not used.
     pub fn relevance_threshold(&self) -> f32 {
-        self.threshold
+        self.relevance.min_similarity
     }
 
-    /// The `k` most relevant passages above the relevance threshold, best first; empty when
-    /// nothing in the knowledge base is relevant. Embedding and search run off the async
-    /// workers.
+    /// The whole relevance decision (similarity floor, confident similarity, lexical support).
+    pub fn relevance(&self) -> Relevance {
+        self.relevance
+    }
+
+    /// The `k` most relevant passages, best first; empty when nothing in the knowledge base is
+    /// relevant: the best passage is under the similarity floor, or under the confident
+    /// similarity with too little of the question's rare wording in the top passages.
+    /// Embedding and search run off the async workers.
     pub async fn retrieve(&self, question: &str, k: usize) -> Result<Vec<Retrieved>, RagError> {
-        self.retrieve_above(question, k, self.threshold).await
+        let assessed = self
+            .assess(question, k, self.relevance.min_similarity)
+            .await?;
+        if self
+            .relevance
+            .accepts(assessed.best_similarity, assessed.support)
+        {
+            Ok(assessed.passages)
+        } else {
+            Ok(Vec::new())
+        }
     }
 
-    /// [`Rag::retrieve`] with an explicit similarity threshold (evaluation and tuning).
+    /// [`Rag::retrieve`] with an explicit similarity threshold and no lexical check
+    /// (evaluation and tuning).
     pub async fn retrieve_above(
         &self,
         question: &str,
         k: usize,
         threshold: f32,
     ) -> Result<Vec<Retrieved>, RagError> {
+        Ok(self.assess(question, k, threshold).await?.passages)
+    }
+
+    /// The passages over `threshold` and the lexical support of the top ones, with no relevance
+    /// decision taken (what [`Rag::retrieve`] decides on; the eval calibrates with it).
+    pub async fn assess(
+        &self,
+        question: &str,
+        k: usize,
+        threshold: f32,
+    ) -> Result<Assessed, RagError> {
         let started = Instant::now();
         let snapshot = self.current.load_full();
         let query = self
@@ -210,17 +261,20 @@ impl Rag {
             .pop()
             .context("the embedder returned no vector")?;
         let index = Arc::clone(&snapshot.index);
+        let lexical = Arc::clone(&snapshot.lexical);
         let question = question.to_owned();
-        let hits = tokio::task::spawn_blocking(move || {
-            index
-                .search(&question, &query, k, threshold)
-                .map(|hits| (index, hits))
+        let searched = tokio::task::spawn_blocking(move || {
+            index.search(&question, &query, k, threshold).map(|hits| {
+                let rows: Vec<usize> = hits.iter().take(SUPPORT_PASSAGES).map(|h| h.row).collect();
+                let support = lexical.support(&question, &rows);
+                (index, hits, support)
+            })
         })
         .await
         .context("the search task failed")??;
-        let (index, hits) = hits;
+        let (index, hits, support) = searched;
         metrics::histogram!("rag_retrieval_seconds").record(started.elapsed().as_secs_f64());
-        Ok(hits
+        let passages: Vec<Retrieved> = hits
             .into_iter()
             .map(|hit| {
                 let chunk = &index.chunks[hit.row];
@@ -232,7 +286,13 @@ impl Rag {
                     score: hit.similarity,
                 }
             })
-            .collect())
+            .collect();
+        let best_similarity = passages.iter().map(|p| p.score).fold(f32::MIN, f32::max);
+        Ok(Assessed {
+            passages,
+            best_similarity,
+            support,
+        })
     }
 }
 
@@ -321,8 +381,9 @@ async fn build_snapshot(
     let documents = loaded.documents;
     let chunk_count = loaded.chunks.len();
     let chunks = loaded.chunks;
-    let index = tokio::task::spawn_blocking(move || {
-        KbIndex::build(chunks, dimension, vectors, index::settings())
+    let (index, lexical) = tokio::task::spawn_blocking(move || {
+        let lexical = LexicalStats::build(chunks.iter().map(|c| c.embedding_text()));
+        KbIndex::build(chunks, dimension, vectors, index::settings()).map(|i| (i, lexical))
     })
     .await
     .context("the index task failed")??;
@@ -343,6 +404,7 @@ async fn build_snapshot(
     };
     Ok(Snapshot {
         index: Arc::new(index),
+        lexical: Arc::new(lexical),
         info,
     })
 }
