@@ -55,7 +55,8 @@ impl Console {
         drop(pair.slave);
         let mut reader = pair.master.try_clone_reader().expect("pty reader");
         let writer = pair.master.take_writer().expect("pty writer");
-        let screen = Arc::new(Mutex::new(vt100::Parser::new(ROWS, COLS, 0)));
+        let size = |n| std::num::NonZeroU16::new(n).expect("a screen size");
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(size(ROWS), size(COLS), 0)));
         let parser = Arc::clone(&screen);
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
