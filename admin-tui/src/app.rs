@@ -617,7 +617,11 @@ impl App {
                 answer.text.push_str(&text);
                 let chars = answer.text.chars().count();
                 if chars > LIVE_ANSWER_CHARS {
-                    answer.text = answer.text.chars().skip(chars - LIVE_ANSWER_CHARS).collect();
+                    answer.text = answer
+                        .text
+                        .chars()
+                        .skip(chars - LIVE_ANSWER_CHARS)
+                        .collect();
                     answer.dropped = true;
                 }
             }

@@ -16,8 +16,8 @@ use crate::api::ApiError;
 use crate::app::{Action, App, AppEvent, RUNS_SHOWN};
 use crate::auth::{self, Credentials};
 use crate::views::content_type_for;
-use protocol::admin::AdminEvent;
 use crate::{events, ui};
+use protocol::admin::AdminEvent;
 
 /// What `chat-admin` needs to start, already resolved from flags, environment and prompts.
 #[derive(Debug, Clone)]

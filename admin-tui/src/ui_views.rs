@@ -356,7 +356,9 @@ fn live_answer_lines(app: &App, lines: &mut Vec<Line<'static>>, width: u16) {
         .filter(|a| a.ended.is_none())
         .count();
     let title = match &answer.ended {
-        None if running > 1 => format!("Live answer ({}, streaming; {running} running):", answer.id),
+        None if running > 1 => {
+            format!("Live answer ({}, streaming; {running} running):", answer.id)
+        }
         None => format!("Live answer ({}, streaming):", answer.id),
         Some(how) => format!("Last answer ({}, ended: {how}):", answer.id),
     };
@@ -882,7 +884,10 @@ mod tests {
             error: None,
         }));
         let screen = render(&app, 120, 24);
-        assert!(screen.contains("Last answer (q7, ended: stop):"), "{screen}");
+        assert!(
+            screen.contains("Last answer (q7, ended: stop):"),
+            "{screen}"
+        );
         assert!(
             screen.contains("Refunds are issued within 5 business days."),
             "{screen}"

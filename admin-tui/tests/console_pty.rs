@@ -103,8 +103,10 @@ impl Console {
 
     /// Waits until every one of `texts` is on the screen.
     async fn wait_for(&self, texts: &[&str]) -> String {
-        self.wait(&format!("{texts:?}"), |s| texts.iter().all(|t| s.contains(t)))
-            .await
+        self.wait(&format!("{texts:?}"), |s| {
+            texts.iter().all(|t| s.contains(t))
+        })
+        .await
     }
 
     async fn wait_gone(&self, text: &str) -> String {
@@ -247,7 +249,10 @@ async fn refused_and_rated(app: &TestApp, token: &str) {
         if !gaps.gaps.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "the refused question became a gap");
+        assert!(
+            Instant::now() < deadline,
+            "the refused question became a gap"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -261,7 +266,9 @@ async fn the_console_drives_every_view_in_a_terminal() {
     assert_eq!(next_frame(&mut chat).await["type"], "ready");
 
     let mut console = Console::start(&app.base);
-    console.wait_for(&["1 Sessions (1)", "● live", "alice"]).await;
+    console
+        .wait_for(&["1 Sessions (1)", "● live", "alice"])
+        .await;
 
     // `?` lists the keys of the new views; any key closes it.
     console.keys("?");
@@ -313,7 +320,9 @@ async fn the_console_drives_every_view_in_a_terminal() {
         }
     };
     assert_eq!(close.map(|f| u16::from(f.code)), Some(4010));
-    console.wait_for(&["1 Sessions (0)", "No one is connected."]).await;
+    console
+        .wait_for(&["1 Sessions (0)", "No one is connected."])
+        .await;
 
     // Stats: counts and the sparklines of the last hour.
     console.keys("4");
@@ -349,7 +358,9 @@ async fn the_console_drives_every_view_in_a_terminal() {
     )
     .unwrap();
     console.keys("7");
-    console.wait_for(&["Documents (u: upload", "returns.md"]).await;
+    console
+        .wait_for(&["Documents (u: upload", "returns.md"])
+        .await;
     console.keys("u");
     console.wait_for(&["Upload file:"]).await;
     console.keys(&format!("{}\r", path.display()));
@@ -372,7 +383,9 @@ async fn the_console_drives_every_view_in_a_terminal() {
         let before = console.selected_row();
         console.keys("j");
         console
-            .wait("the selection to move", |_| console.selected_row() != before)
+            .wait("the selection to move", |_| {
+                console.selected_row() != before
+            })
             .await;
     }
     console.keys("d");
@@ -387,7 +400,9 @@ async fn the_console_drives_every_view_in_a_terminal() {
 
     // Knowledge base: `r`, `y`: the reload's progress bar ends full.
     console.keys("2");
-    console.wait_for(&["Knowledge base (r: reload)", "embeddings"]).await;
+    console
+        .wait_for(&["Knowledge base (r: reload)", "embeddings"])
+        .await;
     console.keys("r");
     console.wait_for(&["Reload the knowledge base"]).await;
     console.keys("y");

@@ -336,7 +336,10 @@ impl SessionRegistry {
     pub fn watch_answers(
         &self,
         user_id: Uuid,
-    ) -> (Vec<WatchedAnswer>, tokio::sync::mpsc::Receiver<WatchedAnswer>) {
+    ) -> (
+        Vec<WatchedAnswer>,
+        tokio::sync::mpsc::Receiver<WatchedAnswer>,
+    ) {
         let answers = lock(&self.answers);
         let receiver = lock(&self.watchers).add(user_id);
         let running = answers
