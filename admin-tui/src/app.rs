@@ -112,6 +112,13 @@ impl Tab {
     }
 }
 
+/// What a relayed frame does to a live answer.
+enum AnswerChange {
+    Started,
+    Delta(String),
+    Ended(String),
+}
+
 /// A dialog waiting for y/n.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Confirm {
@@ -159,12 +166,20 @@ pub struct App {
     /// clearing it on the next success would hide a flapping failure.
     pub last_error: Option<String>,
     pub should_quit: bool,
-    /// The latest progress of a knowledge-base load (cleared when it ends).
+    /// The latest progress of a knowledge-base load on the instance we are connected to. It
+    /// stays after the load ends: its last state (`done`, with the cache hits and chunks
+    /// embedded) says what that load did.
     pub kb_progress: Option<KbProgress>,
     /// The last hour, minute by minute, for the stats tab's sparklines.
     pub series: Option<StatsSeries>,
     /// The session whose detail is open, and its user's recent questions once loaded.
     pub session_detail: Option<(uuid::Uuid, Option<Vec<RecentQuestion>>)>,
+    /// The open session's user's answers as they stream (newest last), relayed by the event
+    /// socket while the detail is open.
+    pub live_answers: Vec<LiveAnswer>,
+    /// The server's `watching` answer: whose answers it relays, and how many of that user's
+    /// sockets are on the instance we are connected to (0: answers are not relayed).
+    pub watching: Option<(uuid::Uuid, usize)>,
     pub gaps: GapsView,
     pub feedback: FeedbackView,
     pub documents: DocumentsView,
@@ -172,6 +187,23 @@ pub struct App {
 
 /// How many cleanup runs the console keeps and asks for.
 pub const RUNS_SHOWN: u32 = 50;
+
+/// Answers kept for the open session's detail (newest last).
+const LIVE_ANSWERS_KEPT: usize = 4;
+/// Characters kept of a live answer (its end, which is what is streaming).
+const LIVE_ANSWER_CHARS: usize = 4000;
+
+/// One answer of the watched user, as relayed by the event socket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveAnswer {
+    /// The ask id the user's client chose.
+    pub id: String,
+    pub text: String,
+    /// Characters dropped from the front to keep [`LIVE_ANSWER_CHARS`].
+    pub dropped: bool,
+    /// `None` while streaming; then `stop`, `cancelled`, `error`, or `refused`.
+    pub ended: Option<String>,
+}
 
 impl App {
     pub fn new(server: impl Into<String>) -> Self {
@@ -195,6 +227,8 @@ impl App {
             kb_progress: None,
             series: None,
             session_detail: None,
+            live_answers: Vec::new(),
+            watching: None,
             gaps: GapsView::default(),
             feedback: FeedbackView::default(),
             documents: DocumentsView::default(),
@@ -235,7 +269,7 @@ impl App {
         {
             match key.code {
                 KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') | KeyCode::Backspace => {
-                    self.session_detail = None;
+                    self.close_session_detail();
                 }
                 // `k` is "up" in the lists; in an open session it disconnects it (after y/n).
                 KeyCode::Char('k') => self.confirm = Some(Confirm::Disconnect(*session_id)),
@@ -277,6 +311,8 @@ impl App {
             KeyCode::Enter if self.tab == Tab::Sessions => {
                 if let Some(session) = self.sessions.get(self.selected_session) {
                     self.session_detail = Some((session.session_id, None));
+                    self.live_answers.clear();
+                    self.watching = None;
                     return Some(Action::LoadQuestions(session.user_id));
                 }
             }
@@ -312,6 +348,12 @@ impl App {
         }
     }
 
+    fn close_session_detail(&mut self) {
+        self.session_detail = None;
+        self.live_answers.clear();
+        self.watching = None;
+    }
+
     fn quit(&mut self) -> Option<Action> {
         self.should_quit = true;
         Some(Action::Quit)
@@ -334,7 +376,7 @@ impl App {
                 Action::DeleteDocument(name)
             }
             Confirm::Disconnect(session_id) => {
-                self.session_detail = None;
+                self.close_session_detail();
                 Action::Disconnect(session_id)
             }
         }
@@ -481,12 +523,33 @@ impl App {
                 self.sessions.retain(|s| s.session_id != session_id);
             }
             // Another admin's reload (or ours, arriving before the HTTP answer).
-            AdminEvent::KbReloaded { kb } => {
-                self.kb = Some(kb);
-                self.kb_progress = None;
-            }
+            AdminEvent::KbReloaded { kb } => self.kb = Some(kb),
             AdminEvent::KbProgress { progress } => self.kb_progress = Some(progress),
             AdminEvent::CleanupFinished { run } => self.add_run(run),
+            AdminEvent::Watching {
+                user_id,
+                local_sessions,
+            } => self.watching = Some((user_id, local_sessions)),
+            AdminEvent::AnswerStarted { user_id, id } => {
+                self.apply_answer(user_id, id, AnswerChange::Started);
+            }
+            AdminEvent::AnswerDelta {
+                user_id, id, text, ..
+            } => self.apply_answer(user_id, id, AnswerChange::Delta(text)),
+            AdminEvent::AnswerEnded {
+                user_id,
+                id,
+                finish_reason,
+                error,
+                ..
+            } => {
+                let how = match (finish_reason, error) {
+                    (_, Some(code)) => format!("error: {code}"),
+                    (Some(reason), None) => format!("{reason:?}").to_lowercase(),
+                    (None, None) => "refused".to_owned(),
+                };
+                self.apply_answer(user_id, id, AnswerChange::Ended(how));
+            }
         }
         self.clamp_selection();
     }
@@ -507,6 +570,63 @@ impl App {
             .selected_session
             .min(self.sessions.len().saturating_sub(1));
         self.selected_run = self.selected_run.min(self.runs.len().saturating_sub(1));
+    }
+
+    /// Whose answers the event socket should relay: the open session detail's user.
+    pub fn watched_user(&self) -> Option<uuid::Uuid> {
+        let (session_id, _) = self.session_detail.as_ref()?;
+        self.sessions
+            .iter()
+            .find(|s| s.session_id == *session_id)
+            .map(|s| s.user_id)
+    }
+
+    fn apply_answer(&mut self, user_id: uuid::Uuid, id: String, change: AnswerChange) {
+        if self.watched_user() != Some(user_id) {
+            return;
+        }
+        let position = self.live_answers.iter().position(|a| a.id == id);
+        let answer = match (position, &change) {
+            // A (re)started answer starts afresh: a watch replays running answers.
+            (Some(i), AnswerChange::Started) => {
+                let mut answer = self.live_answers.remove(i);
+                answer.text.clear();
+                answer.dropped = false;
+                answer.ended = None;
+                self.live_answers.push(answer);
+                return;
+            }
+            (Some(i), _) => &mut self.live_answers[i],
+            (None, _) => {
+                self.live_answers.push(LiveAnswer {
+                    id,
+                    text: String::new(),
+                    dropped: false,
+                    ended: None,
+                });
+                if self.live_answers.len() > LIVE_ANSWERS_KEPT {
+                    self.live_answers.remove(0);
+                }
+                let last = self.live_answers.len() - 1;
+                &mut self.live_answers[last]
+            }
+        };
+        match change {
+            AnswerChange::Started => {}
+            AnswerChange::Delta(text) => {
+                answer.text.push_str(&text);
+                let chars = answer.text.chars().count();
+                if chars > LIVE_ANSWER_CHARS {
+                    answer.text = answer
+                        .text
+                        .chars()
+                        .skip(chars - LIVE_ANSWER_CHARS)
+                        .collect();
+                    answer.dropped = true;
+                }
+            }
+            AnswerChange::Ended(how) => answer.ended = Some(how),
+        }
     }
 
     /// Answers being generated across the live sessions.

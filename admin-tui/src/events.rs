@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use protocol::admin::AdminEvent;
+use protocol::admin::{AdminCommand, AdminEvent};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -99,6 +99,17 @@ impl AdminSocket {
             .await?)
     }
 
+    /// Asks the server to relay `user`'s answers as they stream (`None`: stop).
+    pub async fn watch(&mut self, user: Option<uuid::Uuid>) -> Result<(), EventsError> {
+        let command = match user {
+            Some(user_id) => AdminCommand::Watch { user_id },
+            None => AdminCommand::Unwatch,
+        };
+        let frame = serde_json::to_string(&command)
+            .map_err(|e| EventsError::Frame(format!("watch frame: {e}")))?;
+        Ok(self.socket.send(Message::Text(frame.into())).await?)
+    }
+
     pub async fn ping(&mut self) -> Result<(), EventsError> {
         Ok(self.socket.send(Message::Ping(Vec::new().into())).await?)
     }
@@ -117,10 +128,12 @@ pub fn backoff(attempt: u32) -> Duration {
 const PING_EVERY: Duration = Duration::from_secs(20);
 
 /// Keeps the event socket up until the app channel closes. Each (re)connect begins with the
-/// server's snapshot, which resets the session list.
+/// server's snapshot, which resets the session list. `watched` is the user whose answers the
+/// server should relay (the open session detail's), sent again after each reconnect.
 pub async fn run(
     base: String,
     mut access: watch::Receiver<String>,
+    mut watched: watch::Receiver<Option<uuid::Uuid>>,
     events: mpsc::Sender<AppEvent>,
 ) {
     let mut attempt: u32 = 0;
@@ -136,7 +149,7 @@ pub async fn run(
                 {
                     return;
                 }
-                let reason = pump(&mut socket, &mut access, &events).await;
+                let reason = pump(&mut socket, &mut access, &mut watched, &events).await;
                 socket.close().await;
                 match reason {
                     Some(reason) => reason,
@@ -173,10 +186,17 @@ pub async fn run(
 async fn pump(
     socket: &mut AdminSocket,
     access: &mut watch::Receiver<String>,
+    watched: &mut watch::Receiver<Option<uuid::Uuid>>,
     events: &mpsc::Sender<AppEvent>,
 ) -> Option<String> {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
+    let user = *watched.borrow_and_update();
+    if user.is_some()
+        && let Err(e) = socket.watch(user).await
+    {
+        return Some(e.to_string());
+    }
     loop {
         tokio::select! {
             frame = socket.next_event() => match frame {
@@ -196,6 +216,12 @@ async fn pump(
             },
             _ = ping.tick() => {
                 if let Err(e) = socket.ping().await {
+                    return Some(e.to_string());
+                }
+            }
+            Ok(()) = watched.changed() => {
+                let user = *watched.borrow_and_update();
+                if let Err(e) = socket.watch(user).await {
                     return Some(e.to_string());
                 }
             }

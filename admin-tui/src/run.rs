@@ -17,6 +17,7 @@ use crate::app::{Action, App, AppEvent, RUNS_SHOWN};
 use crate::auth::{self, Credentials};
 use crate::views::content_type_for;
 use crate::{events, ui};
+use protocol::admin::AdminEvent;
 
 /// What `chat-admin` needs to start, already resolved from flags, environment and prompts.
 #[derive(Debug, Clone)]
@@ -62,9 +63,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         access_tx,
         tx.clone(),
     ));
+    // Whose answers the event socket relays: the open session detail's user.
+    let (watched_tx, watched) = watch::channel(None);
     tokio::spawn(events::run(
         api.base().to_owned(),
         access.clone(),
+        watched,
         tx.clone(),
     ));
 
@@ -99,6 +103,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         app.apply(changed);
                         requests.documents();
                     }
+                    // The open session's question list follows its live answers: the question
+                    // is stored by the first delta, the answer by the end.
+                    AppEvent::Server(event) => {
+                        let refresh = match &event {
+                            AdminEvent::AnswerDelta { user_id, seq: 0, .. }
+                            | AdminEvent::AnswerEnded { user_id, .. } => Some(*user_id),
+                            _ => None,
+                        };
+                        app.apply(AppEvent::Server(event));
+                        if let Some(user_id) = refresh
+                            && app.watched_user() == Some(user_id)
+                        {
+                            requests.questions(user_id);
+                        }
+                    }
                     other => app.apply(other),
                 }
             }
@@ -112,6 +131,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         if app.should_quit {
             break;
         }
+        let user = app.watched_user();
+        watched_tx.send_if_modified(|current| {
+            let changed = *current != user;
+            *current = user;
+            changed
+        });
     }
     Ok(())
 }

@@ -387,7 +387,7 @@ fn draw_help(frame: &mut Frame) {
         ),
         (
             "Enter",
-            "open the selected session or knowledge gap; Esc goes back",
+            "open the selected session (live answer) or knowledge gap; Esc: back",
         ),
         (
             "k (in a session)",

@@ -122,7 +122,7 @@ pub fn draw_gaps(frame: &mut Frame, app: &App, area: Rect) {
             }
         }
         lines.push(Line::from(""));
-        lines.push(Line::from("k: disconnect (y/n)   Esc / Enter: back").dark_gray());
+        lines.push(Line::from("Esc / Enter: back").dark_gray());
         let height = (lines.len() as u16).saturating_add(2);
         let popup = area.centered(
             Constraint::Length(area.width.saturating_sub(4).min(110)),
@@ -312,11 +312,13 @@ pub fn draw_session_detail(frame: &mut Frame, app: &App, area: Rect) {
             }
         }
     }
+    let width = area.width.saturating_sub(4).min(120);
+    live_answer_lines(app, &mut lines, width.saturating_sub(2));
     lines.push(Line::from(""));
     lines.push(Line::from("k: disconnect (y/n)   Esc / Enter: back").dark_gray());
     let height = (lines.len() as u16).saturating_add(2);
     let popup = area.centered(
-        Constraint::Length(area.width.saturating_sub(4).min(120)),
+        Constraint::Length(width),
         Constraint::Length(height.min(area.height)),
     );
     frame.render_widget(Clear, popup);
@@ -328,6 +330,70 @@ pub fn draw_session_detail(frame: &mut Frame, app: &App, area: Rect) {
         ),
         popup,
     );
+}
+
+/// Characters of a live answer shown: its end, which is what is streaming.
+const LIVE_SHOWN_CHARS: usize = 600;
+
+/// The watched user's latest answer as it streams (the server relays it while the detail is
+/// open), pre-wrapped to `width` so the popup's height can count its lines.
+fn live_answer_lines(app: &App, lines: &mut Vec<Line<'static>>, width: u16) {
+    lines.push(Line::from(""));
+    if let Some((_, 0)) = app.watching {
+        lines.push(
+            Line::from("Live answer: not streamed here (this user is on another instance).")
+                .dark_gray(),
+        );
+        return;
+    }
+    let Some(answer) = app.live_answers.last() else {
+        lines.push(Line::from("Live answer: none since the detail was opened.").dark_gray());
+        return;
+    };
+    let running = app
+        .live_answers
+        .iter()
+        .filter(|a| a.ended.is_none())
+        .count();
+    let title = match &answer.ended {
+        None if running > 1 => {
+            format!("Live answer ({}, streaming; {running} running):", answer.id)
+        }
+        None => format!("Live answer ({}, streaming):", answer.id),
+        Some(how) => format!("Last answer ({}, ended: {how}):", answer.id),
+    };
+    lines.push(if answer.ended.is_none() {
+        Line::from(title).green().bold()
+    } else {
+        Line::from(title).bold()
+    });
+    let text = answer.text.replace('\n', " ");
+    let chars = text.chars().count();
+    let mut shown: String = text
+        .chars()
+        .skip(chars.saturating_sub(LIVE_SHOWN_CHARS))
+        .collect();
+    if answer.dropped || chars > LIVE_SHOWN_CHARS {
+        shown.insert(0, '…');
+    }
+    if answer.ended.is_none() {
+        shown.push('▌');
+    }
+    let width = usize::from(width.saturating_sub(2)).max(10);
+    let mut row = String::new();
+    for word in shown.split(' ') {
+        if !row.is_empty() && row.chars().count() + 1 + word.chars().count() > width {
+            lines.push(Line::from(format!("  {row}")));
+            row.clear();
+        }
+        if !row.is_empty() {
+            row.push(' ');
+        }
+        row.push_str(word);
+    }
+    if !row.is_empty() {
+        lines.push(Line::from(format!("  {row}")));
+    }
 }
 
 /// Sparklines of the last hour (one bar per minute): asks, latency p50 and p95, provider
@@ -380,7 +446,12 @@ pub fn progress_line(p: &KbProgress) -> Line<'static> {
         .unwrap_or(WIDTH)
         .min(WIDTH);
     Line::from(vec![
-        Span::from(format!("{} {} documents  ", p.phase, p.documents)).bold(),
+        Span::from(if p.phase == "done" {
+            format!("last load: {} documents  ", p.documents)
+        } else {
+            format!("{} {} documents  ", p.phase, p.documents)
+        })
+        .bold(),
         Span::from("█".repeat(filled)).cyan(),
         Span::from("░".repeat(WIDTH - filled)).dark_gray(),
         Span::from(format!(
@@ -762,6 +833,105 @@ mod tests {
             "{:?}",
             app.last_error
         );
+    }
+
+    #[test]
+    fn an_open_session_streams_its_users_answer_live() {
+        use protocol::admin::AdminEvent;
+        let mut app = App::new("http://x");
+        let alice = crate::app::tests::session("alice", 1);
+        let bob = crate::app::tests::session("bob", 2);
+        let alice_id = alice.user_id;
+        app.apply(AppEvent::Server(AdminEvent::Snapshot {
+            sessions: vec![alice, bob.clone()],
+        }));
+        assert_eq!(app.watched_user(), None, "nothing open, nothing watched");
+        app.handle_key(key(KeyCode::Enter));
+        assert_eq!(app.watched_user(), Some(alice_id));
+        let screen = render(&app, 120, 24);
+        assert!(
+            screen.contains("Live answer: none since the detail was opened."),
+            "{screen}"
+        );
+
+        let delta = |user_id, seq: u64, text: &str| {
+            AppEvent::Server(AdminEvent::AnswerDelta {
+                user_id,
+                id: "q7".into(),
+                seq,
+                text: text.into(),
+            })
+        };
+        app.apply(AppEvent::Server(AdminEvent::AnswerStarted {
+            user_id: alice_id,
+            id: "q7".into(),
+        }));
+        app.apply(delta(alice_id, 0, "Refunds are "));
+        app.apply(delta(alice_id, 1, "issued within "));
+        // Another user's frames (a stale relay) are not mixed in.
+        app.apply(delta(bob.user_id, 2, "NOT ALICE "));
+        let screen = render(&app, 120, 24);
+        assert!(screen.contains("Live answer (q7, streaming):"), "{screen}");
+        assert!(screen.contains("Refunds are issued within ▌"), "{screen}");
+        assert!(!screen.contains("NOT ALICE"), "{screen}");
+
+        app.apply(delta(alice_id, 2, "5 business days."));
+        app.apply(AppEvent::Server(AdminEvent::AnswerEnded {
+            user_id: alice_id,
+            id: "q7".into(),
+            finish_reason: Some(protocol::chat::FinishReason::Stop),
+            message_id: Some(Uuid::nil()),
+            error: None,
+        }));
+        let screen = render(&app, 120, 24);
+        assert!(
+            screen.contains("Last answer (q7, ended: stop):"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("Refunds are issued within 5 business days."),
+            "{screen}"
+        );
+
+        // A watch answered with no local socket: the answers are generated elsewhere.
+        app.apply(AppEvent::Server(AdminEvent::Watching {
+            user_id: alice_id,
+            local_sessions: 0,
+        }));
+        assert!(render(&app, 120, 24).contains("not streamed here"));
+
+        // Closing the detail stops the watch and forgets the answers.
+        app.handle_key(key(KeyCode::Esc));
+        assert_eq!(app.watched_user(), None);
+        assert!(app.live_answers.is_empty());
+        assert_eq!(app.watching, None);
+    }
+
+    #[test]
+    fn long_live_answers_keep_their_end() {
+        use protocol::admin::AdminEvent;
+        let mut app = App::new("http://x");
+        let alice = crate::app::tests::session("alice", 1);
+        let user_id = alice.user_id;
+        app.apply(AppEvent::Server(AdminEvent::Snapshot {
+            sessions: vec![alice],
+        }));
+        app.handle_key(key(KeyCode::Enter));
+        for seq in 0..2000 {
+            app.apply(AppEvent::Server(AdminEvent::AnswerDelta {
+                user_id,
+                id: "long".into(),
+                seq,
+                text: format!("w{seq} "),
+            }));
+        }
+        let answer = app.live_answers.last().unwrap();
+        assert!(answer.dropped);
+        assert!(answer.text.chars().count() <= 4000);
+        assert!(answer.text.ends_with("w1999 "));
+        let screen = render(&app, 100, 40);
+        assert!(screen.contains("w1999"), "{screen}");
+        assert!(screen.contains('…'), "{screen}");
     }
 
     #[test]

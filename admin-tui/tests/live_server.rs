@@ -166,8 +166,9 @@ async fn event_task_reports_connection_state_and_forwards_the_snapshot() {
     let api = ApiClient::new(&app.base);
     let admin = api.login("boss", ADMIN_PASSWORD).await.unwrap();
     let (_access_tx, access) = watch::channel(admin.access.clone());
+    let (_watched_tx, watched) = watch::channel(None);
     let (tx, mut rx) = mpsc::channel(16);
-    let task = tokio::spawn(events::run(app.base.clone(), access, tx));
+    let task = tokio::spawn(events::run(app.base.clone(), access, watched, tx));
 
     assert!(matches!(
         next_app_event(&mut rx).await,

@@ -118,6 +118,55 @@ pub enum AdminEvent {
     KbProgress {
         progress: KbProgress,
     },
+    /// Answers a `watch` command: from now on, the answers to this user's questions that are
+    /// generated on the instance this socket is connected to are relayed (`answer_started`,
+    /// `answer_delta`, `answer_ended`), those already under way from their first delta.
+    /// `local_sessions` counts the user's live chat sockets on this instance: 0 while the
+    /// user is connected elsewhere means their answers are generated on another instance and
+    /// are not relayed here.
+    Watching {
+        user_id: Uuid,
+        local_sessions: usize,
+    },
+    /// A watched user's answer began (`id` is the ask id their client chose).
+    AnswerStarted {
+        user_id: Uuid,
+        id: String,
+    },
+    /// The next piece of a watched answer (`seq` counts from 0 per answer, as on the chat
+    /// socket).
+    AnswerDelta {
+        user_id: Uuid,
+        id: String,
+        seq: u64,
+        text: String,
+    },
+    /// A watched answer ended. `finish_reason` is missing when the question was refused before
+    /// an answer began (e.g. someone else's conversation); `error` is the error code of a
+    /// failed answer.
+    AnswerEnded {
+        user_id: Uuid,
+        id: String,
+        #[serde(default)]
+        finish_reason: Option<crate::chat::FinishReason>,
+        #[serde(default)]
+        message_id: Option<Uuid>,
+        #[serde(default)]
+        error: Option<crate::error::ErrorCode>,
+    },
+}
+
+/// Frames the console sends on `GET /api/admin/events`. Unknown frames are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AdminCommand {
+    /// Renews the socket's token (the same frame as the chat socket's `auth`).
+    Auth { token: String },
+    /// Relays this user's answers as they stream (the console's open session detail);
+    /// answered by `watching`. Replaces the previous watch: one per socket.
+    Watch { user_id: Uuid },
+    /// Stops relaying answers.
+    Unwatch,
 }
 
 /// How far a knowledge-base load has got.
@@ -172,4 +221,50 @@ pub struct RecentQuestion {
     pub answer_status: Option<crate::chat::MessageStatus>,
     /// The first 300 characters of the answer.
     pub answer_excerpt: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn watch_commands_and_answer_frames_have_their_wire_shape() {
+        let user_id = Uuid::nil();
+        let watch: AdminCommand =
+            serde_json::from_value(json!({"type": "watch", "user_id": user_id})).unwrap();
+        assert_eq!(watch, AdminCommand::Watch { user_id });
+        let unwatch: AdminCommand = serde_json::from_value(json!({"type": "unwatch"})).unwrap();
+        assert_eq!(unwatch, AdminCommand::Unwatch);
+        // The renewal frame is the chat socket's `auth`.
+        let auth: AdminCommand =
+            serde_json::from_value(json!({"type": "auth", "token": "t"})).unwrap();
+        assert_eq!(auth, AdminCommand::Auth { token: "t".into() });
+
+        let ended = AdminEvent::AnswerEnded {
+            user_id,
+            id: "a1".into(),
+            finish_reason: Some(crate::chat::FinishReason::Stop),
+            message_id: None,
+            error: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&ended).unwrap(),
+            json!({"type": "answer_ended", "user_id": user_id, "id": "a1",
+                   "finish_reason": "stop", "message_id": null, "error": null})
+        );
+        let delta: AdminEvent = serde_json::from_value(json!({
+            "type": "answer_delta", "user_id": user_id, "id": "a1", "seq": 3, "text": "hi"
+        }))
+        .unwrap();
+        assert_eq!(
+            delta,
+            AdminEvent::AnswerDelta {
+                user_id,
+                id: "a1".into(),
+                seq: 3,
+                text: "hi".into()
+            }
+        );
+    }
 }

@@ -10,10 +10,11 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::response::Response;
 use protocol::ErrorBody;
 use protocol::admin::{
-    AdminEvent, CleanupRun, CleanupTrigger, DisconnectRequest, KbInfo, SessionInfo, Stats,
+    AdminCommand, AdminEvent, CleanupRun, CleanupTrigger, DisconnectRequest, KbInfo, SessionInfo,
+    Stats,
 };
 use protocol::auth::Role;
-use protocol::ws::{CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHENTICATED, ClientFrame};
+use protocol::ws::{CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHENTICATED};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -31,6 +32,7 @@ use crate::state::AppState;
 
 mod documents;
 mod insight;
+mod watch;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -220,6 +222,9 @@ async fn stats(_admin: AdminUser, State(state): State<AppState>) -> ApiResult<Js
 /// The socket lives no longer than its token: it closes with 4001 when the token expires
 /// unrenewed. The console renews it with `{"type":"auth","token":...}` frames; each renewal, and
 /// a check every minute, confirms the admin role in the database (4003 once it is gone).
+///
+/// `{"type":"watch","user_id":...}` adds one user's answers, streamed as they are generated on
+/// this instance (see [`watch`]); `{"type":"unwatch"}` stops them.
 async fn events(
     admin: AdminUser,
     State(state): State<AppState>,
@@ -269,6 +274,8 @@ async fn stream_events(mut socket: WebSocket, state: AppState, mut admin: AuthUs
     let expiry = tokio::time::sleep_until(admin.expiry());
     tokio::pin!(expiry);
     let mut recheck = tokio::time::interval_at(Instant::now() + ROLE_RECHECK, ROLE_RECHECK);
+    // The user whose answers this socket relays, if any (one at a time).
+    let mut relay: Option<watch::Relay> = None;
     loop {
         tokio::select! {
             () = state.shutdown.cancelled() => {
@@ -282,12 +289,23 @@ async fn stream_events(mut socket: WebSocket, state: AppState, mut admin: AuthUs
                 }
             }
             incoming = socket.recv() => match incoming {
-                // The console sends pings, close, and `auth` frames renewing its token; axum
-                // answers pings itself.
+                // The console sends pings, close, `auth` frames renewing its token, and
+                // `watch`/`unwatch`; axum answers pings itself.
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(Message::Text(text))) => {
-                    let Ok(ClientFrame::Auth { token }) = serde_json::from_str(&text) else {
-                        continue;
+                    let token = match serde_json::from_str(&text) {
+                        Ok(AdminCommand::Auth { token }) => token,
+                        Ok(AdminCommand::Watch { user_id }) => {
+                            // Replaces the previous relay (its followers stop); answers
+                            // under way are relayed again from their start.
+                            relay = Some(watch::Relay::start(&state, user_id));
+                            continue;
+                        }
+                        Ok(AdminCommand::Unwatch) => {
+                            relay = None;
+                            continue;
+                        }
+                        Err(_) => continue,
                     };
                     match state.tokens.verify_access(&token) {
                         Ok(user) if user.id == admin.id => {
@@ -308,6 +326,11 @@ async fn stream_events(mut socket: WebSocket, state: AppState, mut admin: AuthUs
                 }
                 Some(Ok(_)) => {}
             },
+            frame = watch::next_frame(&mut relay) => {
+                if send_event(&mut socket, &frame).await.is_err() {
+                    return;
+                }
+            }
             event = events.recv() => {
                 let event = match event {
                     Ok(event) => event,

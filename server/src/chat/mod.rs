@@ -16,6 +16,7 @@
 //! - [`orphans`]: answers of processes that died become `interrupted`.
 //! - [`compat`]: the Django prototype's history shape (`SEED_COMPAT_HISTORY`).
 //! - [`feedback`]: `POST /api/messages/{id}/feedback` (and the socket's `feedback` frame).
+//! - [`watchers`]: admin sockets following a user's answers as they stream (session detail).
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -32,6 +33,7 @@ pub mod rest;
 pub mod sessions;
 pub mod socket;
 pub(crate) mod store;
+pub mod watchers;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
 use super::pipeline::AnswerLog;
+use super::watchers::{AnswerWatchers, WatchedAnswer};
 use crate::cluster::SessionChanges;
 
 /// How long a finished answer stays resumable.
@@ -57,6 +58,9 @@ pub struct SessionRegistry {
     /// Recent answers per user, by the client's ask id, for `resume` and `cancel`, and when
     /// the map was last swept of expired answers.
     answers: Mutex<(HashMap<Uuid, Vec<Resumable>>, Instant)>,
+    /// Admin sockets following a user's answers live. Taken after `answers` (an answer is
+    /// announced while `answers` is held, so a new watcher sees each answer exactly once).
+    watchers: Mutex<AnswerWatchers>,
     /// Open sockets per user, for `WS_MAX_SOCKETS_PER_USER`. Taken after `sessions` when both
     /// are held (in `close`), never the other way round.
     per_user: Mutex<HashMap<Uuid, usize>>,
@@ -76,6 +80,7 @@ impl Default for SessionRegistry {
             events: broadcast::channel(EVENT_CAPACITY).0,
             asks: Mutex::new((HashMap::new(), Instant::now())),
             answers: Mutex::new((HashMap::new(), Instant::now())),
+            watchers: Mutex::new(AnswerWatchers::default()),
             per_user: Mutex::new(HashMap::new()),
             disconnects: Mutex::new(HashMap::new()),
             unauthenticated: AtomicUsize::new(0),
@@ -323,8 +328,33 @@ impl SessionRegistry {
             let pos = logs.iter().position(|(_, l)| l.is_finished()).unwrap_or(0);
             logs.remove(pos);
         }
+        lock(&self.watchers).announce(user_id, id, &log);
         logs.push((id.to_owned(), log));
         Ok(())
+    }
+
+    /// Follows `user_id`'s answers on this instance: the ones being generated now, and a
+    /// receiver of each one started from now on, with no gap and no overlap.
+    pub fn watch_answers(
+        &self,
+        user_id: Uuid,
+    ) -> (
+        Vec<WatchedAnswer>,
+        tokio::sync::mpsc::Receiver<WatchedAnswer>,
+    ) {
+        let answers = lock(&self.answers);
+        let receiver = lock(&self.watchers).add(user_id);
+        let running = answers
+            .0
+            .get(&user_id)
+            .map(|logs| {
+                logs.iter()
+                    .filter(|(_, log)| !log.is_finished())
+                    .map(|(id, log)| (id.clone(), Arc::clone(log)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (running, receiver)
     }
 
     /// The user's answer with this ask id, if still resumable.
