@@ -247,7 +247,8 @@ pub struct Config {
     #[arg(long, env = "RAG_HNSW_EF_SEARCH", default_value_t = 64)]
     pub rag_hnsw_ef_search: usize,
     /// Milliseconds the local embedding model waits for more texts to embed in the same
-    /// forward pass once one arrives (questions arriving together share one pass).
+    /// forward pass when several are already waiting (questions arriving together share one
+    /// pass); a lone text is embedded at once.
     #[arg(long, env = "EMBED_BATCH_WINDOW_MS", default_value_t = 3)]
     pub embed_batch_window_ms: u64,
     /// Most texts in one forward pass of the local embedding model.

@@ -204,8 +204,9 @@ impl Embedder for QueryCache {
 ///
 /// Texts are embedded by a fixed set of worker threads (one per core, so at most that many
 /// forward passes run at once and the async workers are never used). A worker takes the first
-/// waiting request, then gathers whatever else arrives within the batching window (up to the
-/// batch size), and embeds all of it in as few forward passes as the memory bound allows:
+/// waiting request and whatever else is already waiting; if anything was (requests are arriving
+/// together), it also gathers what arrives within the batching window (up to the batch size). A
+/// lone question pays no wait. It embeds all of it in as few forward passes as the memory bound allows:
 /// questions arriving together share one pass, which costs little more than one of them alone.
 pub struct LocalEmbedder {
     /// Requests for the workers; the workers end when this (the last sender) is dropped.
@@ -332,9 +333,9 @@ impl LocalEmbedder {
     }
 }
 
-/// One embedding worker: gathers a batch (the first waiting job, then what arrives within the
-/// window, up to `max_batch` texts), embeds it, answers each job; ends when the embedder is
-/// dropped.
+/// One embedding worker: gathers a batch (the first waiting job and whatever else is already
+/// waiting; if anything was, also what arrives within the window; up to `max_batch` texts),
+/// embeds it, answers each job; ends when the embedder is dropped.
 fn embed_worker(
     model: &LocalModel,
     receiver: &std::sync::Mutex<std::sync::mpsc::Receiver<EmbedJob>>,
@@ -347,15 +348,29 @@ fn embed_worker(
             let Ok(first) = receiver.recv() else { return };
             let mut texts = first.texts.len();
             let mut batch = vec![first];
-            let deadline = std::time::Instant::now() + batching.window;
+            // What is already waiting joins at once. Only when something was (requests are
+            // arriving together) does the worker wait out the window for more: a lone
+            // question is embedded without any added delay.
             while texts < batching.max_batch {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match receiver.recv_timeout(left) {
+                match receiver.try_recv() {
                     Ok(job) => {
                         texts += job.texts.len();
                         batch.push(job);
                     }
                     Err(_) => break,
+                }
+            }
+            if batch.len() > 1 {
+                let deadline = std::time::Instant::now() + batching.window;
+                while texts < batching.max_batch {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    match receiver.recv_timeout(left) {
+                        Ok(job) => {
+                            texts += job.texts.len();
+                            batch.push(job);
+                        }
+                        Err(_) => break,
+                    }
                 }
             }
             batch
