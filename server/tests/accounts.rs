@@ -724,15 +724,26 @@ async fn repeated_failures_lock_the_username_at_that_address_and_the_address() {
 async fn lockout_ends_after_the_window() {
     let app = spawn_app_with(|c| {
         c.login_max_failures = 2;
-        c.login_lockout_secs = 2;
+        c.login_lockout_secs = 4;
     })
     .await;
     app.user_tokens("peggy").await;
+    // Failures count in fixed windows [n·4 s, (n+1)·4 s): start right after a boundary so the
+    // three attempts below fall in one window however slow the machine is.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let window_end = Duration::from_secs((now.as_secs() / 4 + 1) * 4);
+    tokio::time::sleep(window_end - now + Duration::from_millis(50)).await;
     for _ in 0..2 {
         assert_eq!(app.login("peggy", "wrong password").await.status(), 401);
     }
     assert_eq!(app.login("peggy", PASSWORD).await.status(), 429);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let locked_until = window_end + Duration::from_secs(4);
+    tokio::time::sleep(locked_until.saturating_sub(now) + Duration::from_millis(300)).await;
     assert_eq!(app.login("peggy", PASSWORD).await.status(), 200);
 }
 
