@@ -503,29 +503,13 @@ async fn an_answer_in_flight_survives_a_database_outage_and_service_recovers_wit
 
 /// The chat server binary, as cargo built it.
 fn server_binary(port: u16, database_url: &str, fake_url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
-    let workdir = std::env::temp_dir();
-    cmd.current_dir(&workdir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", database_url)
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env("JWT_SECRET", "test-secret-of-at-least-32-bytes!!")
-        .env("KNOWLEDGE_BASE_DIR", common::fixture("kb"))
-        .env(
-            "MODEL_DIR",
-            common::workspace_dir().join("models/all-MiniLM-L6-v2"),
-        )
-        .env("LLM_PROVIDER", "openai")
-        .env("EMBEDDING_PROVIDER", "local")
-        .env("OPENAI_BASE_URL", fake_url)
-        .env("LLM_MODEL", "fake-model")
-        .env("INSTANCE_HEARTBEAT_SECS", "1")
-        .env("INSTANCE_STALE_SECS", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+    let mut cmd = common::server_process(
+        env!("CARGO_BIN_EXE_chat-server"),
+        port,
+        database_url,
+        fake_url,
+    );
+    cmd.env("INSTANCE_STALE_SECS", "2");
     cmd
 }
 

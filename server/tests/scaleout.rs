@@ -664,31 +664,16 @@ async fn behind_haproxy_a_dropped_socket_resumes_on_the_other_instance() {
 
 /// The chat server binary as cargo built it, on `port`.
 fn server_binary(port: u16, database_url: &str, fake_url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-server"));
-    cmd.current_dir(std::env::temp_dir())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", database_url)
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env("JWT_SECRET", "test-secret-of-at-least-32-bytes!!")
-        .env("KNOWLEDGE_BASE_DIR", common::fixture("kb"))
-        .env(
-            "MODEL_DIR",
-            common::workspace_dir().join("models/all-MiniLM-L6-v2"),
-        )
-        .env("LLM_PROVIDER", "openai")
-        .env("EMBEDDING_PROVIDER", "local")
-        .env("OPENAI_BASE_URL", fake_url)
-        .env("LLM_MODEL", "fake-model")
-        .env("INSTANCE_HEARTBEAT_SECS", "1")
-        .env("INSTANCE_STALE_SECS", "3")
-        .env("ASKS_PER_MINUTE", "1000")
-        .env("WS_MAX_SOCKETS_PER_USER", "200")
-        .env("SHUTDOWN_GRACE_SECS", "30")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+    let mut cmd = common::server_process(
+        env!("CARGO_BIN_EXE_chat-server"),
+        port,
+        database_url,
+        fake_url,
+    );
+    cmd.env("INSTANCE_STALE_SECS", "3");
+    cmd.env("ASKS_PER_MINUTE", "1000");
+    cmd.env("WS_MAX_SOCKETS_PER_USER", "200");
+    cmd.env("SHUTDOWN_GRACE_SECS", "30");
     cmd
 }
 

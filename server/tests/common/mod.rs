@@ -360,3 +360,34 @@ pub async fn next_close(ws: &mut Ws) -> Option<CloseFrame> {
         }
     }
 }
+
+/// The real `chat-server` binary (`bin`: the caller's `env!("CARGO_BIN_EXE_chat-server")`) as a
+/// process on `127.0.0.1:port`: the fixture knowledge base, the local model, the OpenAI-compatible
+/// fake at `fake_url`, a 1 s heartbeat; output discarded, killed when dropped. Callers add what
+/// their test needs (`INSTANCE_STALE_SECS`, limits) with `.env`.
+pub fn server_process(
+    bin: &str,
+    port: u16,
+    database_url: &str,
+    fake_url: &str,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.current_dir(std::env::temp_dir())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("JWT_SECRET", "test-secret-of-at-least-32-bytes!!")
+        .env("KNOWLEDGE_BASE_DIR", fixture("kb"))
+        .env("MODEL_DIR", workspace_dir().join("models/all-MiniLM-L6-v2"))
+        .env("LLM_PROVIDER", "openai")
+        .env("EMBEDDING_PROVIDER", "local")
+        .env("OPENAI_BASE_URL", fake_url)
+        .env("LLM_MODEL", "fake-model")
+        .env("INSTANCE_HEARTBEAT_SECS", "1")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
