@@ -58,7 +58,7 @@ impl Target {
             .await?;
         let mut config: tokio_postgres::Config = opts.admin_database_url.parse()?;
         config.dbname(&name);
-        let database_url = url_of(&config);
+        let database_url = server::db::url_of(&config);
 
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -187,26 +187,6 @@ impl Target {
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .await;
         }
-    }
-}
-
-fn url_of(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "127.0.0.1".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("root");
-    let password = config
-        .get_password()
-        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-        .unwrap_or_default();
-    let db = config.get_dbname().unwrap_or("postgres");
-    if host.starts_with('/') {
-        format!("postgres://{user}{password}@localhost:{port}/{db}?host={host}")
-    } else {
-        format!("postgres://{user}{password}@{host}:{port}/{db}")
     }
 }
 

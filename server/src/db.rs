@@ -83,6 +83,31 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// A parsed configuration written back as a URL: host (TCP or socket directory), port, user,
+/// password and database, no other option. For tools that derive one database from
+/// `DATABASE_URL` (the test harness and `chat-bench` make a fresh one per run). The URL carries
+/// the password: never log it.
+pub fn url_of(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("root");
+    let password = config
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    let db = config.get_dbname().unwrap_or("postgres");
+    if host.starts_with('/') {
+        format!("postgres://{user}{password}@localhost:{port}/{db}?host={host}")
+    } else {
+        format!("postgres://{user}{password}@{host}:{port}/{db}")
+    }
+}
+
 /// Creates the database named in `url` if it does not exist, via the `postgres` database.
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
     let tls::DbTarget { config, tls, .. } = tls::parse(url)?;

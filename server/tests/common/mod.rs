@@ -50,7 +50,7 @@ pub async fn fresh_database() -> String {
         .expect("create test database");
     let mut config: tokio_postgres::Config = admin_url.parse().expect("valid admin URL");
     config.dbname(&name);
-    url_of(&config)
+    server::db::url_of(&config)
 }
 
 /// Drops a database made by [`fresh_database`], with any connections still open to it.
@@ -66,27 +66,6 @@ pub async fn drop_database(url: &str) {
         let _ = client
             .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .await;
-    }
-}
-
-fn url_of(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "127.0.0.1".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("root");
-    let password = config
-        .get_password()
-        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-        .unwrap_or_default();
-    let db = config.get_dbname().unwrap_or("postgres");
-    if host.starts_with('/') {
-        format!("postgres://{user}{password}@localhost:{port}/{db}?host={host}")
-    } else {
-        format!("postgres://{user}{password}@{host}:{port}/{db}")
     }
 }
 
