@@ -11,10 +11,9 @@ use protocol::chat::{Source, Usage};
 use protocol::error::ErrorCode;
 
 use crate::config::Config;
-use crate::llm::{
-    ChatModel, ContextBlock, Prompt, ProviderError, ProviderErrorKind, REFUSAL, SYSTEM_INSTRUCTION,
-};
+use crate::llm::{ChatModel, ContextBlock, Prompt, REFUSAL, SYSTEM_INSTRUCTION};
 use crate::rag::{Rag, RagError, Retrieved};
+use crate::upstream::{ProviderError, ProviderErrorKind};
 
 /// One earlier exchange of the same conversation, oldest first in [`AnswerRequest::history`].
 #[derive(Debug, Clone)]

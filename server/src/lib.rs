@@ -10,6 +10,8 @@
 //! - [`auth`]: accounts, password hashing, JWTs, refresh-token families, login throttling.
 //! - [`rag`]: knowledge base → chunks → embeddings (cached) → FAISS + BM25 retrieval.
 //! - [`llm`]: streaming chat models (Gemini, OpenAI-compatible, offline).
+//! - [`upstream`]: what talking to providers takes, under both `llm` and `rag`: the HTTP client,
+//!   retries with `Retry-After`/backoff, SSE framing, `ProviderError`.
 //! - [`answer`]: the answer pipeline shared by the socket, REST and SSE paths.
 //! - [`chat`]: the chat WebSocket, REST chat, history and conversations, live sessions.
 //! - [`admin`]: the admin API and its live event socket.
@@ -43,4 +45,5 @@ pub mod startup;
 pub mod state;
 pub mod telemetry;
 pub mod throttle;
+pub mod upstream;
 pub mod web;

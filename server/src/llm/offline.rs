@@ -9,9 +9,10 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use protocol::chat::Usage;
 
-use super::{ChatModel, ChatStream, Prompt, ProviderError, REFUSAL};
+use super::{ChatModel, ChatStream, Prompt, REFUSAL};
 use crate::answer::Chunk;
 use crate::rag::embed::{EmbedKind, Embedder};
+use crate::upstream::ProviderError;
 
 /// Sentences in an answer at most: enough for a fact and its condition, short enough to read.
 const MAX_SENTENCES: usize = 3;

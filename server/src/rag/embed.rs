@@ -17,8 +17,7 @@ use serde_json::json;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::config::{Config, EmbeddingProvider, Secret};
-use crate::llm::ProviderError;
-use crate::llm::http;
+use crate::upstream::{ProviderError, http};
 
 /// What a text is embedded for: some models embed questions and passages differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,7 +32,7 @@ use protocol::admin::KbInfo;
 use protocol::error::ErrorCode;
 
 use crate::config::Config;
-use crate::llm::ProviderError;
+use crate::upstream::ProviderError;
 use embed::{EmbedKind, Embedder};
 use index::KbIndex;
 use support::{LexicalStats, Relevance, RelevanceSettings, SUPPORT_PASSAGES};
