@@ -11,30 +11,15 @@ use protocol::chat::{Source, Usage};
 use protocol::error::ErrorCode;
 
 use crate::config::Config;
-use crate::llm::{ChatModel, ContextBlock, Prompt, REFUSAL, SYSTEM_INSTRUCTION};
+use crate::llm::{ChatModel, Chunk, ContextBlock, Prompt, REFUSAL, SYSTEM_INSTRUCTION, Turn};
 use crate::rag::{Rag, RagError, Retrieved};
 use crate::upstream::{ProviderError, ProviderErrorKind};
 
-/// One earlier exchange of the same conversation, oldest first in [`AnswerRequest::history`].
-#[derive(Debug, Clone)]
-pub struct Turn {
-    pub question: String,
-    pub answer: String,
-}
-
+/// A question and the earlier turns of its conversation, oldest first.
 #[derive(Debug, Clone)]
 pub struct AnswerRequest {
     pub question: String,
     pub history: Vec<Turn>,
-}
-
-/// A piece of a streaming answer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Chunk {
-    /// Answer text to append.
-    Delta(String),
-    /// The answer ended normally; token usage as the provider reported it (zero if unknown).
-    Finished { usage: Usage },
 }
 
 /// Why an answer could not be produced or was cut short.

@@ -208,7 +208,7 @@ mod tests {
     use futures::stream::{self, StreamExt};
 
     use super::*;
-    use crate::answer::Chunk;
+    use crate::llm::Chunk;
 
     async fn run(events: Vec<&str>) -> Vec<Result<Chunk, ProviderError>> {
         let events: Vec<Result<String, ProviderError>> =

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use protocol::chat::Usage;
 
-use crate::answer::{Chunk, Turn};
 use crate::config::{Config, LlmProvider};
 use crate::upstream::{ProviderError, http};
 
@@ -46,6 +46,22 @@ pub struct ContextBlock {
     /// Heading trail, e.g. `Returns > Refund times`.
     pub heading: String,
     pub text: String,
+}
+
+/// One earlier exchange of the same conversation, oldest first in [`Prompt::history`].
+#[derive(Debug, Clone)]
+pub struct Turn {
+    pub question: String,
+    pub answer: String,
+}
+
+/// A piece of a streaming answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chunk {
+    /// Answer text to append.
+    Delta(String),
+    /// The answer ended normally; token usage as the provider reported it (zero if unknown).
+    Finished { usage: Usage },
 }
 
 /// Everything a model needs for one answer. Providers render it into their own wire shape; the

@@ -9,8 +9,7 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use protocol::chat::Usage;
 
-use super::{ChatModel, ChatStream, Prompt, REFUSAL};
-use crate::answer::Chunk;
+use super::{ChatModel, ChatStream, Chunk, Prompt, REFUSAL};
 use crate::rag::embed::{EmbedKind, Embedder};
 use crate::upstream::ProviderError;
 

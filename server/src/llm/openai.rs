@@ -160,7 +160,7 @@ mod tests {
     use futures::stream::{self, StreamExt};
 
     use super::*;
-    use crate::answer::Chunk;
+    use crate::llm::Chunk;
 
     #[tokio::test]
     async fn reasoning_is_skipped_and_usage_arrives_after_finish() {

@@ -13,8 +13,7 @@ use futures::stream::{self, StreamExt};
 use protocol::chat::Usage;
 use serde::de::DeserializeOwned;
 
-use super::ChatStream;
-use crate::answer::Chunk;
+use super::{ChatStream, Chunk};
 use crate::upstream::sse::SseData;
 use crate::upstream::{ProviderError, http};
 
