@@ -23,6 +23,8 @@
 //!   login failures) and a sliding log (asks per minute).
 //! - [`web`]: the browser chat page at `/` and its assets, with the page security headers.
 //! - [`import_django`]: `chat-server import-django`, the Django prototype's users and history.
+//! - [`markup`]: inline Markdown/reStructuredText markup reduced to the words it shows (for
+//!   embedding, search, and the offline answerer's read-out).
 //! - [`gaps`]: per-question retrieval signals and the knowledge-gaps report (grouped by meaning).
 
 pub mod admin;
@@ -40,6 +42,7 @@ pub mod http;
 pub mod import_django;
 pub mod jobs;
 pub mod llm;
+pub mod markup;
 pub mod rag;
 pub mod startup;
 pub mod state;

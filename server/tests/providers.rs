@@ -13,8 +13,8 @@ use protocol::error::ErrorCode;
 use serde_json::{Value, json};
 use server::answer::{Answerer, collect_text};
 use server::llm::{ChatModel, Chunk, ContextBlock, Prompt, REFUSAL, SYSTEM_INSTRUCTION, Turn};
-use server::rag::embed::EmbedKind;
 use server::upstream::ProviderErrorKind;
+use server::upstream::embedding::EmbedKind;
 use support_rag::{FakeProvider, Reply, TestDb, config, fixture_kb, split_bytes, standalone};
 
 const DIM: usize = 768;

@@ -10,8 +10,8 @@ use futures::stream::{self, StreamExt};
 use protocol::chat::Usage;
 
 use super::{ChatModel, ChatStream, Chunk, Prompt, REFUSAL};
-use crate::rag::embed::{EmbedKind, Embedder};
 use crate::upstream::ProviderError;
+use crate::upstream::embedding::{EmbedKind, Embedder};
 
 /// Sentences in an answer at most: enough for a fact and its condition, short enough to read.
 const MAX_SENTENCES: usize = 3;
@@ -422,7 +422,7 @@ fn strip_ordinal(line: &str) -> &str {
 /// Inline markup removed so the answer reads as plain text (a reStructuredText `::` that
 /// introduces code reads as `:`).
 fn plain(sentence: &str) -> String {
-    let text = crate::rag::markup::plain(sentence)
+    let text = crate::markup::plain(sentence)
         .replace('|', " ")
         .split_whitespace()
         .collect::<Vec<_>>()

@@ -17,31 +17,8 @@ use serde_json::json;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::config::{Config, EmbeddingProvider, Secret};
+use crate::upstream::embedding::{EmbedKind, Embedder, normalize};
 use crate::upstream::{ProviderError, http};
-
-/// What a text is embedded for: some models embed questions and passages differently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EmbedKind {
-    Document,
-    Query,
-}
-
-pub trait Embedder: Send + Sync {
-    /// `local`, `gemini`, `openai`: part of the cache key.
-    fn provider(&self) -> &'static str;
-    /// Model name: part of the cache key.
-    fn model(&self) -> &str;
-    fn dimension(&self) -> usize;
-    /// The cosine similarity under which a passage does not count as relevant. It belongs to the
-    /// model: similarity scales differ between models.
-    fn relevance_threshold(&self) -> f32;
-    /// One normalised vector per text, in order.
-    fn embed<'a>(
-        &'a self,
-        texts: &'a [String],
-        kind: EmbedKind,
-    ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, ProviderError>>;
-}
 
 pub const LOCAL_MODEL: &str = "all-MiniLM-L6-v2";
 pub const GEMINI_EMBEDDING_MODEL: &str = "gemini-embedding-001";
@@ -63,13 +40,6 @@ const LOCAL_MAX_TOKENS: usize = 256;
 const LOCAL_THRESHOLD: f32 = 0.36;
 const GEMINI_THRESHOLD: f32 = 0.62;
 const OPENAI_THRESHOLD: f32 = 0.40;
-
-pub fn normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-}
 
 /// The embedder chosen by the configuration.
 pub async fn build(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
@@ -737,16 +707,6 @@ impl Embedder for OpenAiEmbedder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalize_gives_unit_length_and_keeps_zero() {
-        let mut v = vec![3.0, 4.0];
-        normalize(&mut v);
-        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
-        let mut z = vec![0.0, 0.0];
-        normalize(&mut z);
-        assert_eq!(z, vec![0.0, 0.0]);
-    }
 
     #[test]
     fn missing_model_says_how_to_get_it() {

@@ -3,7 +3,7 @@
 //!
 //! Layout:
 //! - `loader`: files → chunks (headings, paragraphs, size bound, overlap).
-//! - `embed`: the [`Embedder`](embed::Embedder) trait and its local, Gemini and OpenAI forms.
+//! - `embed`: the local, Gemini and OpenAI forms of the [`Embedder`] contract, and the query cache.
 //! - `cache`: the embedding cache table.
 //! - `documents`: documents stored through the admin API, laid over the folder.
 //! - `index`: FAISS + BM25 and their fusion.
@@ -17,7 +17,6 @@ pub mod eval;
 pub mod html;
 pub mod index;
 pub mod loader;
-pub mod markup;
 pub mod progress;
 pub mod support;
 
@@ -33,7 +32,7 @@ use protocol::error::ErrorCode;
 
 use crate::config::Config;
 use crate::upstream::ProviderError;
-use embed::{EmbedKind, Embedder};
+use crate::upstream::embedding::{EmbedKind, Embedder};
 use index::KbIndex;
 use support::{LexicalStats, Relevance, RelevanceSettings, SUPPORT_PASSAGES};
 

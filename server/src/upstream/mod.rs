@@ -5,7 +5,10 @@
 //! Layout:
 //! - `http`: the client, error bodies → [`ProviderError`], `send_once` / `send_with_retry`.
 //! - `sse`: a streamed response as its `data` payloads.
+//! - `embedding`: the [`Embedder`](embedding::Embedder) contract (implemented in `rag::embed`,
+//!   used by retrieval and by the offline answerer).
 
+pub mod embedding;
 pub(crate) mod http;
 pub(crate) mod sse;
 
