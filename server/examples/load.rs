@@ -19,7 +19,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::answer::AnswerRequest;
 use server::config::Config;
-use server::rag::embed::LocalEmbedder;
+use server::rag::embed::local::LocalEmbedder;
 use server::startup::Application;
 use server::state::AppState;
 use server::upstream::embedding::{EmbedKind, Embedder};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{next_frame, spawn_app_with, workspace_dir};
 use futures::SinkExt;
 use serde_json::json;
-use server::rag::embed::{Batching, LocalEmbedder};
+use server::rag::embed::local::{Batching, LocalEmbedder};
 use server::upstream::embedding::{EmbedKind, Embedder};
 use tokio_tungstenite::tungstenite::Message;
 

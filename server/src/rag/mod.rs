@@ -159,7 +159,7 @@ impl Rag {
             embedder.relevance_threshold(),
             settings,
         );
-        let embedder: Arc<dyn Embedder> = Arc::new(embed::QueryCache::new(embedder));
+        let embedder: Arc<dyn Embedder> = Arc::new(embed::query_cache::QueryCache::new(embedder));
         let progress = progress::ProgressSink::default();
         let snapshot = build_snapshot(embedder.as_ref(), &db, &kb_dir, &progress).await?;
         log_loaded(&snapshot.info);
