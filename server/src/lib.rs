@@ -25,6 +25,8 @@
 //! - [`import_django`]: `chat-server import-django`, the Django prototype's users and history.
 //! - [`markup`]: inline Markdown/reStructuredText markup reduced to the words it shows (for
 //!   embedding, search, and the offline answerer's read-out).
+//! - [`eval`]: `chat-server eval`, the whole answer pipeline scored on question sets, and the
+//!   calibration of the relevance decision.
 //! - [`gaps`]: per-question retrieval signals and the knowledge-gaps report (grouped by meaning).
 
 pub mod admin;
@@ -36,6 +38,7 @@ pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod eval;
 pub mod extract;
 pub mod gaps;
 pub mod http;

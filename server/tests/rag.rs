@@ -233,7 +233,7 @@ async fn eval_scores_the_pipeline_on_a_question_set() {
         .to_string(),
     )
     .unwrap();
-    let report = server::rag::eval::run(&config, db.pool.clone(), &questions)
+    let report = server::eval::run(&config, db.pool.clone(), &questions)
         .await
         .unwrap();
     std::fs::remove_file(&questions).unwrap();

@@ -3,17 +3,16 @@
 //!
 //! Layout:
 //! - `loader`: files → chunks (headings, paragraphs, size bound, overlap).
-//! - `embed`: the local, Gemini and OpenAI forms of the [`Embedder`] contract, and the query cache.
+//! - `embed`: the local, Gemini and OpenAI forms of the [`Embedder`] contract, and the query
+//!   cache.
 //! - `cache`: the embedding cache table.
 //! - `documents`: documents stored through the admin API, laid over the folder.
 //! - `index`: FAISS + BM25 and their fusion.
-//! - `eval`: retrieval and answer quality on a question set.
 //! - `progress`: where loads report how far they have got (the admin event socket).
 
 pub mod cache;
 pub mod documents;
 pub mod embed;
-pub mod eval;
 pub mod html;
 pub mod index;
 pub mod loader;
