@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use server::answer::AnswerRequest;
 use server::config::Config;
+use server::grounding::AnswerRequest;
 use server::rag::embed::local::LocalEmbedder;
 use server::startup::Application;
 use server::state::AppState;

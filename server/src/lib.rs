@@ -12,7 +12,8 @@
 //! - [`llm`]: streaming chat models (Gemini, OpenAI-compatible, offline).
 //! - [`upstream`]: what talking to providers takes, under both `llm` and `rag`: the HTTP client,
 //!   retries with `Retry-After`/backoff, SSE framing, `ProviderError`.
-//! - [`answer`]: the answer pipeline shared by the socket, REST and SSE paths.
+//! - [`grounding`]: the retrieval + prompt step of an answer: passages for a question, the
+//!   grounded prompt, the model's answer stream (the `Answerer`).
 //! - [`chat`]: the chat WebSocket, REST chat, history and conversations, live sessions.
 //! - [`admin`]: the admin API and its live event socket.
 //! - [`jobs`]: the scheduled history cleanup and the welcome-mail outbox.
@@ -30,7 +31,6 @@
 //! - [`gaps`]: per-question retrieval signals and the knowledge-gaps report (grouped by meaning).
 
 pub mod admin;
-pub mod answer;
 pub mod auth;
 pub mod chat;
 pub mod client_ip;
@@ -41,6 +41,7 @@ pub mod error;
 pub mod eval;
 pub mod extract;
 pub mod gaps;
+pub mod grounding;
 pub mod http;
 pub mod import_django;
 pub mod jobs;

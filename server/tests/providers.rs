@@ -11,7 +11,7 @@ use futures::StreamExt;
 use protocol::chat::Usage;
 use protocol::error::ErrorCode;
 use serde_json::{Value, json};
-use server::answer::{Answerer, collect_text};
+use server::grounding::{Answerer, collect_text};
 use server::llm::{ChatModel, Chunk, ContextBlock, Prompt, REFUSAL, SYSTEM_INSTRUCTION, Turn};
 use server::upstream::ProviderErrorKind;
 use server::upstream::embedding::EmbedKind;

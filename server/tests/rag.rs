@@ -6,7 +6,7 @@ mod support_rag;
 use std::sync::Arc;
 
 use protocol::error::ErrorCode;
-use server::answer::{AnswerRequest, Answerer, collect_text};
+use server::grounding::{AnswerRequest, Answerer, collect_text};
 use server::llm::{REFUSAL, Turn};
 use server::rag::{Rag, RagError};
 use support_rag::{TestDb, config, copy_dir, fixture_kb, standalone};

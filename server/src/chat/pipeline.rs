@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{durable, store};
-use crate::answer::AnswerRequest;
 use crate::error::ApiError;
+use crate::grounding::AnswerRequest;
 use crate::llm::{Chunk, Turn};
 use crate::state::AppState;
 

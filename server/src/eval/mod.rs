@@ -1,5 +1,5 @@
 //! Quality evaluation on a question set (`chat-server eval`, `make eval`): it drives the whole
-//! answer pipeline ([`crate::answer`] over [`crate::rag`] and [`crate::llm`]) and scores
+//! answer pipeline ([`crate::grounding`] over [`crate::rag`] and [`crate::llm`]) and scores
 //! retrieval (hit@1, hit@3, MRR), answers (share that contain the expected fact) and refusals
 //! (share of out-of-knowledge questions refused).
 //!
@@ -18,8 +18,8 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 use serde::Deserialize;
 
-use crate::answer::{AnswerRequest, Answerer, collect_text};
 use crate::config::Config;
+use crate::grounding::{AnswerRequest, Answerer, collect_text};
 use crate::llm::REFUSAL;
 use report::{EvalReport, Summary};
 

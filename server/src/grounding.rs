@@ -1,7 +1,10 @@
-//! The answer pipeline shared by the socket, REST and SSE paths: retrieve passages for a
-//! question, build the grounded prompt, and stream the model's answer.
+//! Grounding, the retrieval + prompt step of answering: retrieve passages for a question, build
+//! the prompt that confines the model to them, and open the model's answer stream (or refuse
+//! without a model call when nothing relevant was found).
 //!
-//! (Interface agreed between the retrieval and chat work; the retrieval work fills it in.)
+//! It produces the sources and the stream of one answer and keeps nothing; the chat's answer
+//! pipeline ([`crate::chat::pipeline`]) stores, logs and relays them, and [`crate::eval`] scores
+//! them.
 
 use std::sync::Arc;
 
