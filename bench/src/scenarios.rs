@@ -771,7 +771,7 @@ impl Lcg {
                 }
             })
             .collect();
-        server::rag::embed::normalize(&mut v);
+        server::upstream::embedding::normalize(&mut v);
         v
     }
 }

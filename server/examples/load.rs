@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use server::answer::AnswerRequest;
 use server::config::Config;
-use server::rag::embed::{EmbedKind, Embedder, LocalEmbedder};
+use server::grounding::AnswerRequest;
+use server::rag::embed::local::LocalEmbedder;
 use server::startup::Application;
 use server::state::AppState;
+use server::upstream::embedding::{EmbedKind, Embedder};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

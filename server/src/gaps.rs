@@ -23,8 +23,8 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::llm::REFUSAL;
-use crate::rag::embed::EmbedKind;
 use crate::state::AppState;
+use crate::upstream::embedding::EmbedKind;
 
 /// Questions a report looks at, newest first: bounds the clustering's time and memory.
 pub const MAX_QUESTIONS: i64 = 5000;

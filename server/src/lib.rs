@@ -10,7 +10,10 @@
 //! - [`auth`]: accounts, password hashing, JWTs, refresh-token families, login throttling.
 //! - [`rag`]: knowledge base → chunks → embeddings (cached) → FAISS + BM25 retrieval.
 //! - [`llm`]: streaming chat models (Gemini, OpenAI-compatible, offline).
-//! - [`answer`]: the answer pipeline shared by the socket, REST and SSE paths.
+//! - [`upstream`]: what talking to providers takes, under both `llm` and `rag`: the HTTP client,
+//!   retries with `Retry-After`/backoff, SSE framing, `ProviderError`.
+//! - [`grounding`]: the retrieval + prompt step of an answer: passages for a question, the
+//!   grounded prompt, the model's answer stream (the `Answerer`).
 //! - [`chat`]: the chat WebSocket, REST chat, history and conversations, live sessions.
 //! - [`admin`]: the admin API and its live event socket.
 //! - [`jobs`]: the scheduled history cleanup and the welcome-mail outbox.
@@ -21,10 +24,13 @@
 //!   login failures) and a sliding log (asks per minute).
 //! - [`web`]: the browser chat page at `/` and its assets, with the page security headers.
 //! - [`import_django`]: `chat-server import-django`, the Django prototype's users and history.
+//! - [`markup`]: inline Markdown/reStructuredText markup reduced to the words it shows (for
+//!   embedding, search, and the offline answerer's read-out).
+//! - [`eval`]: `chat-server eval`, the whole answer pipeline scored on question sets, and the
+//!   calibration of the relevance decision.
 //! - [`gaps`]: per-question retrieval signals and the knowledge-gaps report (grouped by meaning).
 
 pub mod admin;
-pub mod answer;
 pub mod auth;
 pub mod chat;
 pub mod client_ip;
@@ -32,15 +38,19 @@ pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod eval;
 pub mod extract;
 pub mod gaps;
+pub mod grounding;
 pub mod http;
 pub mod import_django;
 pub mod jobs;
 pub mod llm;
+pub mod markup;
 pub mod rag;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
 pub mod throttle;
+pub mod upstream;
 pub mod web;

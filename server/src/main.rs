@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
             server::db::ensure_database(&config.database_url).await?;
             server::db::migrate(&config.database_url).await?;
             let db = server::db::pool(&config.database_url, config.db_pool_size)?;
-            let summary = server::rag::eval::run_all(&config, db, &questions).await?;
+            let summary = server::eval::run_all(&config, db, &questions).await?;
             println!("{summary}");
             Ok(())
         }

@@ -48,7 +48,7 @@ impl Application {
         );
         crate::auth::bootstrap_admin(&config, &db).await?;
 
-        let answerer = Arc::new(crate::answer::Answerer::start(&config, db.clone()).await?);
+        let answerer = Arc::new(crate::grounding::Answerer::start(&config, db.clone()).await?);
 
         // The registry records session changes; the cluster writer puts them in the shared table.
         let changes = Arc::new(crate::cluster::SessionChanges::default());

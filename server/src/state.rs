@@ -7,13 +7,13 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::answer::Answerer;
 use crate::auth::TokenService;
 use crate::chat::relay::Relay;
 use crate::chat::sessions::SessionRegistry;
 use crate::client_ip::TrustedProxies;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::grounding::Answerer;
 
 #[derive(Clone)]
 pub struct AppState {

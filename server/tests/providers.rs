@@ -11,11 +11,10 @@ use futures::StreamExt;
 use protocol::chat::Usage;
 use protocol::error::ErrorCode;
 use serde_json::{Value, json};
-use server::answer::{Answerer, Chunk, Turn, collect_text};
-use server::llm::{
-    ChatModel, ContextBlock, Prompt, ProviderErrorKind, REFUSAL, SYSTEM_INSTRUCTION,
-};
-use server::rag::embed::EmbedKind;
+use server::grounding::{Answerer, collect_text};
+use server::llm::{ChatModel, Chunk, ContextBlock, Prompt, REFUSAL, SYSTEM_INSTRUCTION, Turn};
+use server::upstream::ProviderErrorKind;
+use server::upstream::embedding::EmbedKind;
 use support_rag::{FakeProvider, Reply, TestDb, config, fixture_kb, split_bytes, standalone};
 
 const DIM: usize = 768;
@@ -132,7 +131,7 @@ fn gemini_ok_stream(words: &[&str]) -> String {
 async fn collect(
     model: &dyn ChatModel,
     prompt: &Prompt,
-) -> Vec<Result<Chunk, server::llm::ProviderError>> {
+) -> Vec<Result<Chunk, server::upstream::ProviderError>> {
     model
         .stream(prompt)
         .await
@@ -141,7 +140,7 @@ async fn collect(
         .await
 }
 
-fn text_of(chunks: &[Result<Chunk, server::llm::ProviderError>]) -> String {
+fn text_of(chunks: &[Result<Chunk, server::upstream::ProviderError>]) -> String {
     chunks
         .iter()
         .filter_map(|c| match c {

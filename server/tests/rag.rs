@@ -6,8 +6,8 @@ mod support_rag;
 use std::sync::Arc;
 
 use protocol::error::ErrorCode;
-use server::answer::{AnswerRequest, Answerer, Turn, collect_text};
-use server::llm::REFUSAL;
+use server::grounding::{AnswerRequest, Answerer, collect_text};
+use server::llm::{REFUSAL, Turn};
 use server::rag::{Rag, RagError};
 use support_rag::{TestDb, config, copy_dir, fixture_kb, standalone};
 
@@ -233,7 +233,7 @@ async fn eval_scores_the_pipeline_on_a_question_set() {
         .to_string(),
     )
     .unwrap();
-    let report = server::rag::eval::run(&config, db.pool.clone(), &questions)
+    let report = server::eval::run(&config, db.pool.clone(), &questions)
         .await
         .unwrap();
     std::fs::remove_file(&questions).unwrap();

@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::{next_frame, spawn_app_with, workspace_dir};
 use futures::SinkExt;
 use serde_json::json;
-use server::rag::embed::{Batching, EmbedKind, Embedder, LocalEmbedder};
+use server::rag::embed::local::{Batching, LocalEmbedder};
+use server::upstream::embedding::{EmbedKind, Embedder};
 use tokio_tungstenite::tungstenite::Message;
 
 async fn send(ws: &mut common::Ws, frame: serde_json::Value) {

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{durable, store};
-use crate::answer::{AnswerRequest, Chunk, Turn};
 use crate::error::ApiError;
+use crate::grounding::AnswerRequest;
+use crate::llm::{Chunk, Turn};
 use crate::state::AppState;
 
 /// Something that happened to an answer, in order. `Done` and `Rejected` end the log.

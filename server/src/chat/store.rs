@@ -8,8 +8,8 @@ use protocol::chat::{Conversation, HistoryItem, Message, MessageStatus, Role, So
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::answer::Turn;
 use crate::error::ApiError;
+use crate::llm::Turn;
 
 /// Longest conversation title, in characters.
 const TITLE_CHARS: usize = 80;

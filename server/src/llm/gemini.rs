@@ -7,10 +7,11 @@ use protocol::chat::Usage;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http;
-use super::sse::{self, Chunks, SseData, StreamEvent};
-use super::{ChatModel, ChatStream, Prompt, ProviderError};
+use super::stream::{self, Chunks, StreamEvent};
+use super::{ChatModel, ChatStream, Prompt};
 use crate::config::Secret;
+use crate::upstream::sse::{self, SseData};
+use crate::upstream::{ProviderError, http};
 
 const PROVIDER: &str = "gemini";
 /// Low temperature: answers restate the context rather than paraphrase creatively.
@@ -88,7 +89,8 @@ impl ChatModel for GeminiChat {
     ) -> BoxFuture<'a, Result<ChatStream, ProviderError>> {
         Box::pin(async move {
             let body = self.body(prompt);
-            http::open_with_retry(self.options.first_token_timeout, || self.open_once(&body)).await
+            stream::open_with_retry(self.options.first_token_timeout, || self.open_once(&body))
+                .await
         })
     }
 }
@@ -149,7 +151,7 @@ struct UsageMetadata {
 /// Turns the SSE `data` payloads into answer chunks. The stream ends with `Finished` only when
 /// a candidate carried a normal `finishReason`; a connection that closes before that is an error.
 fn parse_stream(events: SseData) -> ChatStream {
-    sse::chat_stream::<StreamResponse>(events)
+    stream::chat_stream::<StreamResponse>(events)
 }
 
 impl StreamEvent for StreamResponse {
@@ -206,7 +208,7 @@ mod tests {
     use futures::stream::{self, StreamExt};
 
     use super::*;
-    use crate::answer::Chunk;
+    use crate::llm::Chunk;
 
     async fn run(events: Vec<&str>) -> Vec<Result<Chunk, ProviderError>> {
         let events: Vec<Result<String, ProviderError>> =
@@ -243,7 +245,7 @@ mod tests {
         let out = run(vec![r#"{"promptFeedback":{"blockReason":"SAFETY"}}"#]).await;
         assert_eq!(out.len(), 1);
         let err = out[0].as_ref().unwrap_err();
-        assert_eq!(err.kind, super::super::ProviderErrorKind::Blocked);
+        assert_eq!(err.kind, crate::upstream::ProviderErrorKind::Blocked);
     }
 
     #[tokio::test]

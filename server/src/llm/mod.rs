@@ -4,16 +4,16 @@
 //! Layout:
 //! - `gemini`, `openai`: HTTP clients speaking each provider's streaming wire format (SSE).
 //! - `offline`: composes answers from the retrieved context only; no network.
-//! - `http`: the shared plumbing: client timeouts, error bodies, retry with backoff before the
-//!   first delta.
-//! - `sse`: SSE framing, and the stream driver both HTTP clients share; each says only what one
-//!   event's JSON means.
+//! - `stream`: what both HTTP clients share: the SSE event driver (each client says only what
+//!   one event's JSON means) and retry with backoff before the first delta.
+//!
+//! The HTTP client, error mapping, retries and SSE framing are in [`crate::upstream`], shared
+//! with the embedders.
 
 pub mod gemini;
-pub(crate) mod http;
 pub mod offline;
 pub mod openai;
-pub(crate) mod sse;
+pub(crate) mod stream;
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use protocol::chat::Usage;
 
-use crate::answer::{Chunk, Turn};
 use crate::config::{Config, LlmProvider};
+use crate::upstream::{ProviderError, http};
 
 /// The exact refusal the prompt asks for and the pipeline answers with when nothing relevant was
 /// retrieved.
@@ -45,6 +46,22 @@ pub struct ContextBlock {
     /// Heading trail, e.g. `Returns > Refund times`.
     pub heading: String,
     pub text: String,
+}
+
+/// One earlier exchange of the same conversation, oldest first in [`Prompt::history`].
+#[derive(Debug, Clone)]
+pub struct Turn {
+    pub question: String,
+    pub answer: String,
+}
+
+/// A piece of a streaming answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chunk {
+    /// Answer text to append.
+    Delta(String),
+    /// The answer ended normally; token usage as the provider reported it (zero if unknown).
+    Finished { usage: Usage },
 }
 
 /// Everything a model needs for one answer. Providers render it into their own wire shape; the
@@ -74,64 +91,6 @@ impl Prompt {
         out.push_str("\nQuestion: ");
         out.push_str(self.question.trim());
         out
-    }
-}
-
-/// What kind of failure a provider call ended in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderErrorKind {
-    /// Network trouble, timeouts, overload, quota, unexpected responses: try again later.
-    Unavailable,
-    /// The provider's safety filters refused the prompt or the answer.
-    Blocked,
-    /// A bug or misconfiguration on our side (bad request, wrong model name, bad key).
-    Rejected,
-}
-
-/// A provider failure. `message` is safe to show: it never holds keys or upstream bodies.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct ProviderError {
-    pub kind: ProviderErrorKind,
-    pub message: String,
-    /// Whether trying again may help (429, 5xx, network), decided from the status.
-    pub retryable: bool,
-    /// Delay the provider asked for (`Retry-After`, `RetryInfo.retryDelay`).
-    pub retry_after: Option<Duration>,
-}
-
-impl ProviderError {
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self {
-            kind: ProviderErrorKind::Unavailable,
-            message: message.into(),
-            retryable: true,
-            retry_after: None,
-        }
-    }
-
-    pub fn blocked(message: impl Into<String>) -> Self {
-        Self {
-            kind: ProviderErrorKind::Blocked,
-            message: message.into(),
-            retryable: false,
-            retry_after: None,
-        }
-    }
-
-    pub fn rejected(message: impl Into<String>) -> Self {
-        Self {
-            kind: ProviderErrorKind::Rejected,
-            message: message.into(),
-            retryable: false,
-            retry_after: None,
-        }
-    }
-
-    /// The same error, marked as not worth retrying (e.g. after text already streamed).
-    pub fn final_(mut self) -> Self {
-        self.retryable = false;
-        self
     }
 }
 

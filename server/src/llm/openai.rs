@@ -8,10 +8,11 @@ use protocol::chat::Usage;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http;
-use super::sse::{self, Chunks, SseData, StreamEvent};
-use super::{ChatModel, ChatStream, Prompt, ProviderError};
+use super::stream::{self, Chunks, StreamEvent};
+use super::{ChatModel, ChatStream, Prompt};
 use crate::config::Secret;
+use crate::upstream::sse::{self, SseData};
+use crate::upstream::{ProviderError, http};
 
 const PROVIDER: &str = "openai";
 /// Low temperature: answers restate the context rather than paraphrase creatively.
@@ -79,7 +80,8 @@ impl ChatModel for OpenAiChat {
     ) -> BoxFuture<'a, Result<ChatStream, ProviderError>> {
         Box::pin(async move {
             let body = self.body(prompt);
-            http::open_with_retry(self.options.first_token_timeout, || self.open_once(&body)).await
+            stream::open_with_retry(self.options.first_token_timeout, || self.open_once(&body))
+                .await
         })
     }
 }
@@ -119,7 +121,7 @@ struct ApiUsage {
 }
 
 fn parse_stream(events: SseData) -> ChatStream {
-    sse::chat_stream::<StreamChunk>(events)
+    stream::chat_stream::<StreamChunk>(events)
 }
 
 impl StreamEvent for StreamChunk {
@@ -158,7 +160,7 @@ mod tests {
     use futures::stream::{self, StreamExt};
 
     use super::*;
-    use crate::answer::Chunk;
+    use crate::llm::Chunk;
 
     #[tokio::test]
     async fn reasoning_is_skipped_and_usage_arrives_after_finish() {

@@ -288,7 +288,7 @@ impl KbIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rag::embed::normalize;
+    use crate::upstream::embedding::normalize;
 
     fn chunk(i: u32, text: &str) -> ChunkData {
         ChunkData {

@@ -35,7 +35,7 @@ impl ChunkData {
     /// What gets embedded and searched: the section path gives the passage its topic, and
     /// inline markup (links, code spans, roles) is reduced to the words it shows.
     pub fn embedding_text(&self) -> String {
-        format!("{}\n{}", self.heading, super::markup::plain(&self.text))
+        format!("{}\n{}", self.heading, crate::markup::plain(&self.text))
     }
 }
 

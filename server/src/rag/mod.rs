@@ -3,21 +3,19 @@
 //!
 //! Layout:
 //! - `loader`: files → chunks (headings, paragraphs, size bound, overlap).
-//! - `embed`: the [`Embedder`](embed::Embedder) trait and its local, Gemini and OpenAI forms.
+//! - `embed`: the local, Gemini and OpenAI forms of the [`Embedder`] contract, and the query
+//!   cache.
 //! - `cache`: the embedding cache table.
 //! - `documents`: documents stored through the admin API, laid over the folder.
 //! - `index`: FAISS + BM25 and their fusion.
-//! - `eval`: retrieval and answer quality on a question set.
 //! - `progress`: where loads report how far they have got (the admin event socket).
 
 pub mod cache;
 pub mod documents;
 pub mod embed;
-pub mod eval;
 pub mod html;
 pub mod index;
 pub mod loader;
-pub mod markup;
 pub mod progress;
 pub mod support;
 
@@ -32,8 +30,8 @@ use protocol::admin::KbInfo;
 use protocol::error::ErrorCode;
 
 use crate::config::Config;
-use crate::llm::ProviderError;
-use embed::{EmbedKind, Embedder};
+use crate::upstream::ProviderError;
+use crate::upstream::embedding::{EmbedKind, Embedder};
 use index::KbIndex;
 use support::{LexicalStats, Relevance, RelevanceSettings, SUPPORT_PASSAGES};
 
@@ -160,7 +158,7 @@ impl Rag {
             embedder.relevance_threshold(),
             settings,
         );
-        let embedder: Arc<dyn Embedder> = Arc::new(embed::QueryCache::new(embedder));
+        let embedder: Arc<dyn Embedder> = Arc::new(embed::query_cache::QueryCache::new(embedder));
         let progress = progress::ProgressSink::default();
         let snapshot = build_snapshot(embedder.as_ref(), &db, &kb_dir, &progress).await?;
         log_loaded(&snapshot.info);

@@ -14,8 +14,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::StreamExt;
-use server::answer::AnswerRequest;
 use server::config::Config;
+use server::grounding::AnswerRequest;
 
 /// The shared harness: one way to make (and drop) a fresh test database.
 #[path = "../common/mod.rs"]

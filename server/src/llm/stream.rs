@@ -1,38 +1,25 @@
-//! Server-Sent Events: framing a response into `data` payloads, and the driver that turns a
-//! provider's payloads into answer chunks. The driver owns what every provider shares (skipping
-//! empty events, unparseable JSON, cumulative usage, and how the stream ends); a provider only
-//! says what one event's JSON means, through [`StreamEvent`].
+//! What the streaming HTTP chat clients share on top of [`crate::upstream`]: the driver that
+//! turns a provider's SSE payloads into answer chunks, and retries before the first delta.
+//!
+//! The driver owns what every provider shares (skipping empty events, unparseable JSON,
+//! cumulative usage, and how the stream ends); a provider only says what one event's JSON means,
+//! through [`StreamEvent`].
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::time::Duration;
 
-use eventsource_stream::Eventsource;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, StreamExt};
 use protocol::chat::Usage;
 use serde::de::DeserializeOwned;
 
-use super::{ChatStream, ProviderError, http};
-use crate::answer::Chunk;
+use super::{ChatStream, Chunk};
+use crate::upstream::sse::SseData;
+use crate::upstream::{ProviderError, http};
 
-/// The `data` payloads of a stream, in order.
-pub(crate) type SseData = BoxStream<'static, Result<String, ProviderError>>;
-
-/// The `data` fields of a response's SSE events, in order. Handles events split across reads
-/// and CRLF or LF line ends (eventsource-stream follows the spec).
-pub(crate) fn data(provider: &'static str, response: reqwest::Response) -> SseData {
-    response
-        .bytes_stream()
-        .eventsource()
-        .map(move |event| match event {
-            Ok(event) => Ok(event.data),
-            Err(eventsource_stream::EventStreamError::Transport(e)) => {
-                Err(http::transport_error(provider, &e))
-            }
-            Err(_) => Err(ProviderError::unavailable(
-                "the answer service sent a malformed stream",
-            )),
-        })
-        .boxed()
-}
+/// Attempts to open an answer stream, the first included: a storm of 429/503 is ridden out
+/// within the first-token deadline (`PROVIDER_TIMEOUT_SECS`) rather than after a fixed count.
+const MAX_STREAM_ATTEMPTS: u32 = 12;
 
 /// One provider's streamed event, as JSON.
 pub(crate) trait StreamEvent: DeserializeOwned {
@@ -142,4 +129,73 @@ pub(crate) fn chat_stream<E: StreamEvent>(payloads: SseData) -> ChatStream {
         },
     )
     .boxed()
+}
+
+/// Opens a stream with retries *before the first delta*: an attempt that fails to connect, gets
+/// a retryable status, or breaks before any text arrived is retried with backoff; once a delta
+/// is in hand the stream is returned and later failures are final. Each attempt must produce its
+/// first item within `first_token_timeout`.
+pub(crate) async fn open_with_retry<F, Fut>(
+    first_token_timeout: Duration,
+    open: F,
+) -> Result<ChatStream, ProviderError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<ChatStream, ProviderError>>,
+{
+    let mut attempt = 0;
+    let started = std::time::Instant::now();
+    loop {
+        let outcome = tokio::time::timeout(first_token_timeout, async {
+            let mut stream = open().await?;
+            // Wait for the first item: a failure before any text can still be retried.
+            match stream.next().await {
+                Some(Ok(first)) => {
+                    let rest = match first {
+                        Chunk::Delta(_) => Some(stream),
+                        Chunk::Finished { .. } => None,
+                    };
+                    Ok((first, rest))
+                }
+                Some(Err(e)) => Err(e),
+                None => Err(ProviderError::unavailable(
+                    "the answer stream ended before it began",
+                )),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            // Not retried: another full wait would keep the person waiting twice as long.
+            Err(ProviderError::unavailable(
+                "the answer service did not answer in time; please try again",
+            )
+            .final_())
+        });
+        match outcome {
+            Ok((first, rest)) => {
+                let head = stream::iter([Ok(first)]);
+                return Ok(match rest {
+                    Some(rest) => head
+                        .chain(rest.map(|item| item.map_err(ProviderError::final_)))
+                        .boxed(),
+                    None => head.boxed(),
+                });
+            }
+            Err(err) => {
+                attempt += 1;
+                let wait = http::backoff(attempt - 1, err.retry_after);
+                // Retry while the person's wait for a first token stays within the deadline;
+                // past it they get `provider_unavailable` instead of a longer wait.
+                if !err.retryable
+                    || attempt >= MAX_STREAM_ATTEMPTS
+                    || started.elapsed() + wait >= first_token_timeout
+                {
+                    return Err(err);
+                }
+                tracing::info!(attempt, "retrying the answer stream");
+                metrics::counter!("provider_retries_total").increment(1);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }

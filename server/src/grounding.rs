@@ -1,7 +1,10 @@
-//! The answer pipeline shared by the socket, REST and SSE paths: retrieve passages for a
-//! question, build the grounded prompt, and stream the model's answer.
+//! Grounding, the retrieval + prompt step of answering: retrieve passages for a question, build
+//! the prompt that confines the model to them, and open the model's answer stream (or refuse
+//! without a model call when nothing relevant was found).
 //!
-//! (Interface agreed between the retrieval and chat work; the retrieval work fills it in.)
+//! It produces the sources and the stream of one answer and keeps nothing; the chat's answer
+//! pipeline ([`crate::chat::pipeline`]) stores, logs and relays them, and [`crate::eval`] scores
+//! them.
 
 use std::sync::Arc;
 
@@ -11,31 +14,15 @@ use protocol::chat::{Source, Usage};
 use protocol::error::ErrorCode;
 
 use crate::config::Config;
-use crate::llm::{
-    ChatModel, ContextBlock, Prompt, ProviderError, ProviderErrorKind, REFUSAL, SYSTEM_INSTRUCTION,
-};
+use crate::llm::{ChatModel, Chunk, ContextBlock, Prompt, REFUSAL, SYSTEM_INSTRUCTION, Turn};
 use crate::rag::{Rag, RagError, Retrieved};
+use crate::upstream::{ProviderError, ProviderErrorKind};
 
-/// One earlier exchange of the same conversation, oldest first in [`AnswerRequest::history`].
-#[derive(Debug, Clone)]
-pub struct Turn {
-    pub question: String,
-    pub answer: String,
-}
-
+/// A question and the earlier turns of its conversation, oldest first.
 #[derive(Debug, Clone)]
 pub struct AnswerRequest {
     pub question: String,
     pub history: Vec<Turn>,
-}
-
-/// A piece of a streaming answer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Chunk {
-    /// Answer text to append.
-    Delta(String),
-    /// The answer ended normally; token usage as the provider reported it (zero if unknown).
-    Finished { usage: Usage },
 }
 
 /// Why an answer could not be produced or was cut short.

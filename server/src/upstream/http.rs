@@ -1,22 +1,17 @@
-//! Shared HTTP plumbing of the provider clients: timeouts, error mapping, retries before the
-//! first delta.
+//! HTTP plumbing of every provider client (chat models and embedders): the client and its
+//! timeouts, error mapping, and retries with `Retry-After` or jittered backoff.
 
-use std::future::Future;
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
+use futures::stream::StreamExt;
 use rand::Rng;
 use serde::Deserialize;
 
-use super::{ChatStream, ProviderError, ProviderErrorKind};
-use crate::answer::Chunk;
+use super::{ProviderError, ProviderErrorKind};
 use crate::config::Config;
 
 /// Attempts per call, the first included.
 pub(crate) const MAX_ATTEMPTS: u32 = 4;
-/// Attempts to open an answer stream, the first included: a storm of 429/503 is ridden out
-/// within the first-token deadline (`PROVIDER_TIMEOUT_SECS`) rather than after a fixed count.
-pub(crate) const MAX_STREAM_ATTEMPTS: u32 = 12;
 /// First backoff step; doubled per attempt, with full jitter.
 const BASE_BACKOFF: Duration = Duration::from_millis(400);
 /// Longest single wait. A provider asking for more (e.g. a per-minute quota with a 40 s
@@ -197,75 +192,6 @@ pub(crate) async fn send_with_retry(
             return Err(err);
         }
         tokio::time::sleep(backoff(attempt - 1, err.retry_after)).await;
-    }
-}
-
-/// Opens a stream with retries *before the first delta*: an attempt that fails to connect, gets
-/// a retryable status, or breaks before any text arrived is retried with backoff; once a delta
-/// is in hand the stream is returned and later failures are final. Each attempt must produce its
-/// first item within `first_token_timeout`.
-pub(crate) async fn open_with_retry<F, Fut>(
-    first_token_timeout: Duration,
-    open: F,
-) -> Result<ChatStream, ProviderError>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<ChatStream, ProviderError>>,
-{
-    let mut attempt = 0;
-    let started = std::time::Instant::now();
-    loop {
-        let outcome = tokio::time::timeout(first_token_timeout, async {
-            let mut stream = open().await?;
-            // Wait for the first item: a failure before any text can still be retried.
-            match stream.next().await {
-                Some(Ok(first)) => {
-                    let rest = match first {
-                        Chunk::Delta(_) => Some(stream),
-                        Chunk::Finished { .. } => None,
-                    };
-                    Ok((first, rest))
-                }
-                Some(Err(e)) => Err(e),
-                None => Err(ProviderError::unavailable(
-                    "the answer stream ended before it began",
-                )),
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            // Not retried: another full wait would keep the person waiting twice as long.
-            Err(ProviderError::unavailable(
-                "the answer service did not answer in time; please try again",
-            )
-            .final_())
-        });
-        match outcome {
-            Ok((first, rest)) => {
-                let head = stream::iter([Ok(first)]);
-                return Ok(match rest {
-                    Some(rest) => head
-                        .chain(rest.map(|item| item.map_err(ProviderError::final_)))
-                        .boxed(),
-                    None => head.boxed(),
-                });
-            }
-            Err(err) => {
-                attempt += 1;
-                let wait = backoff(attempt - 1, err.retry_after);
-                // Retry while the person's wait for a first token stays within the deadline;
-                // past it they get `provider_unavailable` instead of a longer wait.
-                if !err.retryable
-                    || attempt >= MAX_STREAM_ATTEMPTS
-                    || started.elapsed() + wait >= first_token_timeout
-                {
-                    return Err(err);
-                }
-                tracing::info!(attempt, "retrying the answer stream");
-                metrics::counter!("provider_retries_total").increment(1);
-                tokio::time::sleep(wait).await;
-            }
-        }
     }
 }
 
