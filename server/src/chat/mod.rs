@@ -6,7 +6,8 @@
 //! - [`rest`]: `POST /api/chat/`, `POST /api/chat/stream` (SSE), `GET /api/chat-history/` and the
 //!   conversation routes.
 //! - [`pipeline`]: one answer, whoever asked: store the question, generate in a task of its own
-//!   into an [`pipeline::AnswerLog`] that readers follow (live or resumed), store the answer.
+//!   into an [`AnswerLog`](log::AnswerLog), store the answer.
+//! - [`log`]: the answer log, which any number of readers follow (live or resumed).
 //! - [`relay`]: answers published to PostgreSQL so a socket can resume them on any instance, and
 //!   the limits every instance shares (asks per minute, sockets per user).
 //! - [`sessions`]: the live-session registry (admin view and events), the asks-per-minute limit
@@ -26,6 +27,7 @@ use crate::state::AppState;
 pub mod compat;
 mod durable;
 pub mod feedback;
+pub mod log;
 pub mod orphans;
 pub mod pipeline;
 pub mod relay;

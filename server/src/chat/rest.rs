@@ -15,7 +15,8 @@ use protocol::error::{ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::pipeline::{self, AnswerLog, LogCursor, LogEvent};
+use super::log::{AnswerLog, LogCursor, LogEvent};
+use super::pipeline;
 use super::{compat, store};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};

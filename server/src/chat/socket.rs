@@ -37,7 +37,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::pipeline::{self, AnswerLog, LogEvent};
+use super::log::{AnswerLog, LogEvent};
+use super::pipeline;
 use super::relay::{Reader, SocketLease};
 use super::sessions::{SessionGuard, SessionRegistry, Unauthenticated};
 use super::store;
