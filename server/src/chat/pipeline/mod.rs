@@ -10,41 +10,50 @@ mod stream;
 use std::sync::Arc;
 use std::time::Instant;
 
+use deadpool_postgres::Pool;
 use protocol::chat::{Done, FinishReason};
 use protocol::error::ErrorCode;
 use uuid::Uuid;
 
 use super::log::{AnswerLog, LogEvent};
+use super::sessions::SessionRegistry;
 use super::{durable, store};
 use crate::answer::Turn;
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Checks a question and counts it against the user's asks-per-minute limit, shared by every
 /// instance (`rate_logs`, one statement). If the database cannot be asked, this instance's own
 /// count applies instead, so the limit never falls away entirely.
-pub(crate) async fn admit(state: &AppState, user_id: Uuid, question: &str) -> Result<(), ApiError> {
+pub(crate) async fn admit(
+    config: &Config,
+    db: &Pool,
+    sessions: &SessionRegistry,
+    user_id: Uuid,
+    question: &str,
+) -> Result<(), ApiError> {
     if question.trim().is_empty() {
         return Err(ApiError::validation("message", "must not be empty"));
     }
-    let max = state.config.max_question_chars;
+    let max = config.max_question_chars;
     if question.chars().count() > max {
         return Err(ApiError::validation(
             "message",
             format!("must be at most {max} characters"),
         ));
     }
-    let per_minute = state.config.asks_per_minute;
+    let per_minute = config.asks_per_minute;
     let key = format!("asks:{user_id}");
     let shared = async {
-        let client = state.db.get().await?;
+        let client = db.get().await?;
         crate::throttle::sliding_hit(&client, &key, per_minute, 60).await
     };
     let verdict = match shared.await {
         Ok(verdict) => verdict,
         Err(e) => {
             tracing::warn!(error = ?e, "shared ask limit unavailable; counting locally");
-            state.sessions.check_rate(user_id, per_minute)
+            sessions.check_rate(user_id, per_minute)
         }
     };
     verdict.map_err(|retry_after_secs| ApiError::RateLimited {
@@ -66,22 +75,25 @@ pub(crate) struct Accepted {
 }
 
 /// Stores the question (in `conversation_id`, which must be the user's, or in a new
-/// conversation) and reads the recent turns for the prompt.
+/// conversation, marked as being answered by `instance_id`) and reads the last `history_turns`
+/// turns for the prompt.
 pub(crate) async fn accept(
-    state: &AppState,
+    db: &Pool,
+    instance_id: Uuid,
+    history_turns: usize,
     user_id: Uuid,
     question: String,
     conversation_id: Option<Uuid>,
 ) -> Result<Accepted, ApiError> {
     let asked_at = Instant::now();
-    let mut client = state.db.get().await?;
+    let mut client = db.get().await?;
     let stored = store::store_question(
         &mut client,
-        state.cluster.instance_id(),
+        instance_id,
         user_id,
         conversation_id,
         &question,
-        state.config.history_turns,
+        history_turns,
     )
     .await?;
     Ok(Accepted {
