@@ -11,7 +11,8 @@
 //! - [`rag`]: knowledge base → chunks → embeddings (cached) → FAISS + BM25 retrieval.
 //! - [`llm`]: streaming chat models (Gemini, OpenAI-compatible, offline).
 //! - [`answer`]: the answer pipeline shared by the socket, REST and SSE paths.
-//! - [`chat`]: the chat WebSocket, REST chat, history and conversations, live sessions.
+//! - [`chat`]: the chat WebSocket, REST chat, history and conversations, live sessions, and the
+//!   answer pipeline (question stored, answer generated into a log readers follow, stored).
 //! - [`admin`]: the admin API and its live event socket.
 //! - [`jobs`]: the scheduled history cleanup and the welcome-mail outbox.
 //! - [`cluster`]: what instances share through PostgreSQL: live sessions, LISTEN/NOTIFY events.
