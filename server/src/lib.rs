@@ -14,7 +14,8 @@
 //!   retries with `Retry-After`/backoff, SSE framing, `ProviderError`.
 //! - [`grounding`]: the retrieval + prompt step of an answer: passages for a question, the
 //!   grounded prompt, the model's answer stream (the `Answerer`).
-//! - [`chat`]: the chat WebSocket, REST chat, history and conversations, live sessions.
+//! - [`chat`]: the chat WebSocket, REST chat, history and conversations, live sessions, and the
+//!   answer pipeline (question stored, answer generated into a log readers follow, stored).
 //! - [`admin`]: the admin API and its live event socket.
 //! - [`jobs`]: the scheduled history cleanup and the welcome-mail outbox.
 //! - [`cluster`]: what instances share through PostgreSQL: live sessions, LISTEN/NOTIFY events.

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::chat::pipeline::{AnswerLog, LogCursor, LogEvent};
+use crate::chat::log::{AnswerLog, LogCursor, LogEvent};
 use crate::chat::watchers::WatchedAnswer;
 use crate::state::AppState;
 

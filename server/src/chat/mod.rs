@@ -5,8 +5,9 @@
 //!   token expiry, ask/cancel/resume.
 //! - [`rest`]: `POST /api/chat/`, `POST /api/chat/stream` (SSE), `GET /api/chat-history/` and the
 //!   conversation routes.
-//! - [`pipeline`]: one answer, whoever asked: store the question, generate in a task of its own
-//!   into an [`pipeline::AnswerLog`] that readers follow (live or resumed), store the answer.
+//! - [`pipeline`]: the answer pipeline, whoever asked: admit and store the question, generate
+//!   in a task of its own (stream, record, metrics steps) into an [`AnswerLog`](log::AnswerLog).
+//! - [`log`]: the answer log, which any number of readers follow (live or resumed).
 //! - [`relay`]: answers published to PostgreSQL so a socket can resume them on any instance, and
 //!   the limits every instance shares (asks per minute, sockets per user).
 //! - [`sessions`]: the live-session registry (admin view and events), the asks-per-minute limit
@@ -26,6 +27,7 @@ use crate::state::AppState;
 pub mod compat;
 mod durable;
 pub mod feedback;
+pub mod log;
 pub mod orphans;
 pub mod pipeline;
 pub mod relay;

@@ -15,7 +15,8 @@ use protocol::error::{ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::pipeline::{self, AnswerLog, LogCursor, LogEvent};
+use super::log::{AnswerLog, LogCursor, LogEvent};
+use super::pipeline;
 use super::{compat, store};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
@@ -32,9 +33,23 @@ async fn start(
     user: &AuthUser,
     request: ChatRequest,
 ) -> ApiResult<Arc<AnswerLog>> {
-    pipeline::admit(state, user.id, &request.message).await?;
-    let accepted =
-        pipeline::accept(state, user.id, request.message, request.conversation_id).await?;
+    pipeline::admit(
+        &state.config,
+        &state.db,
+        &state.sessions,
+        user.id,
+        &request.message,
+    )
+    .await?;
+    let accepted = pipeline::accept(
+        &state.db,
+        state.cluster.instance_id(),
+        state.config.history_turns,
+        user.id,
+        request.message,
+        request.conversation_id,
+    )
+    .await?;
     let log = AnswerLog::new();
     state.tasks.spawn(pipeline::generate(
         state.clone(),

@@ -18,7 +18,7 @@ use protocol::admin::{AdminEvent, SessionInfo};
 use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
-use super::pipeline::AnswerLog;
+use super::log::AnswerLog;
 use super::watchers::{AnswerWatchers, WatchedAnswer};
 use crate::cluster::SessionChanges;
 

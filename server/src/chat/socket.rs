@@ -37,7 +37,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::pipeline::{self, AnswerLog, LogEvent};
+use super::log::{AnswerLog, LogEvent};
+use super::pipeline;
 use super::relay::{Reader, SocketLease};
 use super::sessions::{SessionGuard, SessionRegistry, Unauthenticated};
 use super::store;
@@ -672,7 +673,14 @@ impl Connection {
                 retry_after: None,
             });
         }
-        pipeline::admit(&self.state, self.user.id, &message).await?;
+        pipeline::admit(
+            &self.state.config,
+            &self.state.db,
+            &self.state.sessions,
+            self.user.id,
+            &message,
+        )
+        .await?;
         let log = AnswerLog::new();
         self.state
             .sessions
@@ -697,7 +705,14 @@ impl Connection {
             // it on any instance.
             let stream_id = Uuid::new_v4();
             let (accepted, registered) = tokio::join!(
-                pipeline::accept(&state, user_id, message, conversation_id),
+                pipeline::accept(
+                    &state.db,
+                    state.cluster.instance_id(),
+                    state.config.history_turns,
+                    user_id,
+                    message,
+                    conversation_id,
+                ),
                 state.relay.register(stream_id, user_id, &ask_id),
             );
             match registered {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::pipeline::AnswerLog;
+use super::log::AnswerLog;
 
 /// An answer a watcher is told about: the client's ask id and its log.
 pub type WatchedAnswer = (String, Arc<AnswerLog>);

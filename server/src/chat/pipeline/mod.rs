@@ -1,0 +1,191 @@
+//! The answer pipeline: one question in, one stored answer out, whoever asked (the socket, REST
+//! or SSE). Retrieval and the prompt are the `Answerer`'s (the retrieval + prompt step); this
+//! module runs the question through, in order:
+//!
+//! 1. `admit`: the question's length and the asks-per-minute limit (nothing stored yet);
+//! 2. `accept`: the question stored, in its conversation or a new one, with the recent turns read
+//!    for the prompt (or `reject`: the refusal written to the log);
+//! 3. `generate`, in a task of its own (independent of whoever asked, so a disconnect does not
+//!    stop it), in three steps:
+//!    - `stream`: retrieval + prompt, then the model's deltas into the answer's [`AnswerLog`],
+//!      which any number of readers follow, until the end, an error or a cancel;
+//!    - `record`: the answer stored when it ends, whatever the ending (retried through a
+//!      database outage by [`durable`](super::durable)), and the question's knowledge-gap
+//!      signals;
+//!    - `metrics`: the answer counted by how it ended, with its latency and first-token time.
+//!
+//! `generate` takes the whole [`AppState`]: the record step hands it to `durable` and
+//! `gaps::record_later`.
+
+mod metrics;
+mod record;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use deadpool_postgres::Pool;
+use protocol::chat::{Done, FinishReason};
+use protocol::error::ErrorCode;
+use uuid::Uuid;
+
+use super::log::{AnswerLog, LogEvent};
+use super::sessions::SessionRegistry;
+use super::{durable, store};
+use crate::llm::Turn;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Checks a question and counts it against the user's asks-per-minute limit, shared by every
+/// instance (`rate_logs`, one statement). If the database cannot be asked, this instance's own
+/// count applies instead, so the limit never falls away entirely.
+pub(crate) async fn admit(
+    config: &Config,
+    db: &Pool,
+    sessions: &SessionRegistry,
+    user_id: Uuid,
+    question: &str,
+) -> Result<(), ApiError> {
+    if question.trim().is_empty() {
+        return Err(ApiError::validation("message", "must not be empty"));
+    }
+    let max = config.max_question_chars;
+    if question.chars().count() > max {
+        return Err(ApiError::validation(
+            "message",
+            format!("must be at most {max} characters"),
+        ));
+    }
+    let per_minute = config.asks_per_minute;
+    let key = format!("asks:{user_id}");
+    let shared = async {
+        let client = db.get().await?;
+        crate::throttle::sliding_hit(&client, &key, per_minute, 60).await
+    };
+    let verdict = match shared.await {
+        Ok(verdict) => verdict,
+        Err(e) => {
+            tracing::warn!(error = ?e, "shared ask limit unavailable; counting locally");
+            sessions.check_rate(user_id, per_minute)
+        }
+    };
+    verdict.map_err(|retry_after_secs| ApiError::RateLimited {
+        message: format!(
+            "at most {per_minute} questions per minute; try again in {retry_after_secs} s"
+        ),
+        retry_after_secs,
+    })
+}
+
+/// A question that has been stored and is ready to be answered.
+pub(crate) struct Accepted {
+    user_id: Uuid,
+    question: String,
+    question_id: Uuid,
+    conversation_id: Uuid,
+    history: Vec<Turn>,
+    asked_at: Instant,
+}
+
+/// Stores the question (in `conversation_id`, which must be the user's, or in a new
+/// conversation, marked as being answered by `instance_id`) and reads the last `history_turns`
+/// turns for the prompt.
+pub(crate) async fn accept(
+    db: &Pool,
+    instance_id: Uuid,
+    history_turns: usize,
+    user_id: Uuid,
+    question: String,
+    conversation_id: Option<Uuid>,
+) -> Result<Accepted, ApiError> {
+    let asked_at = Instant::now();
+    let mut client = db.get().await?;
+    let stored = store::store_question(
+        &mut client,
+        instance_id,
+        user_id,
+        conversation_id,
+        &question,
+        history_turns,
+    )
+    .await?;
+    Ok(Accepted {
+        user_id,
+        question,
+        question_id: stored.question_id,
+        conversation_id: stored.conversation_id,
+        history: stored.history,
+        asked_at,
+    })
+}
+
+/// Pushes `Rejected` for an error that stopped a question before it was stored.
+pub(crate) fn reject(log: &AnswerLog, error: &ApiError) {
+    if error.status().is_server_error() {
+        tracing::error!(error = ?error, "could not accept a question");
+    }
+    let body = error.body();
+    log.push(LogEvent::Rejected {
+        code: body.error.code,
+        message: body.error.message,
+    });
+}
+
+/// Ends the log if the generating task dies without doing so (a panic), so readers stop.
+struct EndGuard(Arc<AnswerLog>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.push(LogEvent::Rejected {
+            code: ErrorCode::Internal,
+            message: "internal error".into(),
+        });
+    }
+}
+
+/// Generates the answer to `accepted` into `log` and stores it. Runs to the end even if nobody
+/// reads the log any more; only the log's cancel token stops it early.
+pub(crate) async fn generate(state: AppState, accepted: Accepted, log: Arc<AnswerLog>) {
+    let _end = EndGuard(Arc::clone(&log));
+    let message_id = Uuid::new_v4();
+    let streamed = stream::run(&state.answerer, &accepted, &log).await;
+
+    let record = record::answer_record(message_id, &accepted, &streamed);
+    let written = record::first_write(&state, &record, &log, streamed.failure.is_some()).await;
+    let finish_reason = match written {
+        record::Written::Lost => FinishReason::Error,
+        record::Written::Stored | record::Written::Deferred => streamed.finish_reason,
+    };
+    if finish_reason == FinishReason::Stop {
+        crate::gaps::record_later(
+            &state,
+            accepted.question_id,
+            &accepted.question,
+            &streamed.text,
+        );
+    }
+
+    metrics::answer_ended(finish_reason, streamed.latency, streamed.first_token);
+    log.push(LogEvent::Done(Done {
+        message_id,
+        conversation_id: accepted.conversation_id,
+        finish_reason,
+        usage: streamed.usage,
+    }));
+    if written == record::Written::Deferred {
+        durable::retry_until_stored(&state, &record).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_generator_still_ends_the_log() {
+        let log = AnswerLog::new();
+        drop(EndGuard(Arc::clone(&log)));
+        assert!(log.is_finished());
+    }
+}
