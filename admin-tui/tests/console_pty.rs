@@ -2,19 +2,16 @@
 //! keys are typed into the terminal, and the screen is read back through a VT100 parser.
 //! Every wait is for text to appear (or go) within a bound, never a fixed sleep.
 
-#[path = "../../server/tests/common/mod.rs"]
-mod common;
-
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
-use common::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app_with, workspace_dir};
 use futures::SinkExt;
 use portable_pty::{Child, CommandBuilder, MasterPty, PtySize, native_pty_system};
 use serde_json::{Value, json};
+use test_support::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app_with};
 use tokio_tungstenite::tungstenite::Message;
 
 const ADMIN_PASSWORD: &str = "admin password for pty tests";
@@ -194,8 +191,6 @@ async fn spawn_server() -> TestApp {
     spawn_app_with(|c| {
         c.admin_username = Some("boss".into());
         c.admin_password = Some(server::config::Secret::new(ADMIN_PASSWORD));
-        // The harness looks for fixtures next to the including crate; they live in server/.
-        c.knowledge_base_dir = workspace_dir().join("server/tests/fixtures/kb");
         c.llm_provider = Some(server::config::LlmProvider::Openai);
         c.openai_base_url = provider;
         c.llm_model = Some("fake-model".into());

@@ -24,10 +24,7 @@ use server::startup::Application;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::{drop_database, fresh_database, workspace_dir};
+use test_support::{drop_database, fresh_database, workspace_dir};
 
 const CHUNKS: usize = 30;
 const GAP_MS: u64 = 20;

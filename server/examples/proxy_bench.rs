@@ -24,9 +24,6 @@ use server::config::{Config, LlmProvider};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 const WAIT: Duration = Duration::from_secs(60);
 const WORDS: usize = 20;
 const PAUSE: Duration = Duration::from_millis(10);
@@ -122,7 +119,7 @@ fn haproxy(servers: &[std::net::SocketAddr], dir: &std::path::Path) -> (std::pro
 }
 
 async fn run_setup(instances: usize, sockets: usize, asks: usize, fake: &str) -> Value {
-    let mut config: Config = common::test_config().await;
+    let mut config: Config = test_support::test_config().await;
     config.llm_provider = Some(LlmProvider::Openai);
     config.openai_base_url = fake.to_owned();
     config.llm_model = Some("fake".into());
@@ -132,7 +129,7 @@ async fn run_setup(instances: usize, sockets: usize, asks: usize, fake: &str) ->
     config.trusted_proxies = vec!["127.0.0.1/32".into()];
     let mut apps = Vec::new();
     for _ in 0..instances {
-        apps.push(common::spawn_app_from(config.clone()).await);
+        apps.push(test_support::spawn_app_from(config.clone()).await);
     }
     let dir = std::env::temp_dir().join(format!("proxy-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -211,7 +208,7 @@ async fn run_setup(instances: usize, sockets: usize, asks: usize, fake: &str) ->
     for app in apps {
         app.stop().await;
     }
-    common::drop_database(&database_url).await;
+    test_support::drop_database(&database_url).await;
     json!({
         "instances": instances,
         "sockets": sockets,
@@ -225,7 +222,7 @@ async fn run_setup(instances: usize, sockets: usize, asks: usize, fake: &str) ->
 }
 
 /// Median and p99 of `n` runs of `statement` through the pool (one round trip each).
-async fn time_statements(app: &common::TestApp, n: usize) -> Value {
+async fn time_statements(app: &test_support::TestApp, n: usize) -> Value {
     let db = &app.state.db;
     let client = db.get().await.unwrap();
     let mut select = Vec::new();
@@ -260,9 +257,9 @@ async fn main() {
         let result = run_setup(instances, sockets, asks, &fake).await;
         println!("PROXY_BENCH {result}");
     }
-    let app = common::spawn_app().await;
+    let app = test_support::spawn_app().await;
     println!("LIMIT_COST {}", time_statements(&app, 2000).await);
     let url = app.database_url.clone();
     app.stop().await;
-    common::drop_database(&url).await;
+    test_support::drop_database(&url).await;
 }

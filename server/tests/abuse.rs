@@ -2,16 +2,14 @@
 //! proxy, sign-up and login throttles, socket caps, resume limits, slow clients, metrics labels,
 //! security headers, expired tokens on sockets, CORS.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
-    Incoming, TestApp, Ws, next_close, next_frame, next_incoming, spawn_app_with, test_config,
-};
 use futures::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use test_support::{
+    Incoming, TestApp, Ws, next_close, next_frame, next_incoming, spawn_app_with, test_config,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -2,8 +2,6 @@
 //! playwright-core (`server/tests/e2e/page.mjs`), against the real server and PostgreSQL, with a
 //! fake OpenAI-compatible provider on loopback. `scripts/setup.sh` installs both.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -106,14 +104,14 @@ async fn spawn_fake_provider() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_works_end_to_end_in_headless_chromium() {
-    let e2e = common::workspace_dir().join("server/tests/e2e");
+    let e2e = test_support::workspace_dir().join("server/tests/e2e");
     assert!(
         e2e.join("node_modules/playwright-core").is_dir()
             && std::path::Path::new("/usr/bin/chromium").exists(),
         "Chromium or playwright-core is missing: run scripts/setup.sh (it installs both)"
     );
     let provider = spawn_fake_provider().await;
-    let app = common::spawn_app_with(|c| {
+    let app = test_support::spawn_app_with(|c| {
         c.llm_provider = Some(LlmProvider::Openai);
         c.openai_base_url = provider;
         c.llm_model = Some("fake-model".into());

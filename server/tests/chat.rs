@@ -1,18 +1,16 @@
 //! The chat socket, REST chat, SSE, history and conversations, against the real server and a
 //! real PostgreSQL; providers are the offline one or a fake OpenAI-compatible server on loopback.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
-use common::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app, spawn_app_with};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
+use test_support::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app, spawn_app_with};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 

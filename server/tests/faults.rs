@@ -5,8 +5,6 @@
 //!
 //! Timings are printed (`--nocapture`) for BENCHMARKS.md; the assertions are about behaviour.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -15,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
-use common::{TestApp, Ws, next_frame, spawn_app_from, test_config};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
+use test_support::{TestApp, Ws, next_frame, spawn_app_from, test_config};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -374,7 +372,7 @@ async fn an_answer_in_flight_survives_a_database_outage_and_service_recovers_wit
     let cluster = PgCluster::create(Vec::new(), None).await;
     let (fake_url, fake) = spawn_fake().await;
     let mut config = test_config().await;
-    common::drop_database(&config.database_url).await;
+    test_support::drop_database(&config.database_url).await;
     config.database_url = cluster.url("support_chat", "");
     use_fake(&mut config, &fake_url);
     config.db_pool_wait_secs = 2;
@@ -503,7 +501,7 @@ async fn an_answer_in_flight_survives_a_database_outage_and_service_recovers_wit
 
 /// The chat server binary, as cargo built it.
 fn server_binary(port: u16, database_url: &str, fake_url: &str) -> Command {
-    let mut cmd = common::server_process(
+    let mut cmd = test_support::server_process(
         env!("CARGO_BIN_EXE_chat-server"),
         port,
         database_url,
@@ -517,7 +515,7 @@ fn server_binary(port: u16, database_url: &str, fake_url: &str) -> Command {
 async fn kill_9_mid_answer_then_restart_leaves_no_pending_answer() {
     let (fake_url, fake) = spawn_fake().await;
     fake.set(Mode::Slow);
-    let database_url = common::fresh_database().await;
+    let database_url = test_support::fresh_database().await;
     let client = reqwest::Client::new();
 
     let port = free_port();
@@ -616,7 +614,7 @@ async fn kill_9_mid_answer_then_restart_leaves_no_pending_answer() {
     second.start_kill().unwrap();
     second.wait().await.unwrap();
     drop(db);
-    common::drop_database(&database_url).await;
+    test_support::drop_database(&database_url).await;
 }
 
 /// A CA and a server certificate for `names` (subjectAltName entries), made with openssl.
@@ -778,7 +776,7 @@ async fn sslmode_is_honoured_against_a_tls_only_cluster() {
 
     // The whole service over TLS: database creation, migrations, pool, LISTEN, outbox.
     let mut config = test_config().await;
-    common::drop_database(&config.database_url).await;
+    test_support::drop_database(&config.database_url).await;
     config.database_url = cluster.url("support_chat", "sslmode=require");
     let app = spawn_app_from(config).await;
     let tokens = app.user_tokens("tls").await;

@@ -1,13 +1,11 @@
 //! Answer feedback over REST and the socket, against the real server and PostgreSQL.
 
-mod common;
-
-use common::{TestApp, Ws, next_frame, spawn_app};
 use futures::SinkExt;
 use protocol::admin::CleanupTrigger;
 use protocol::feedback::{Feedback, Rating};
 use serde_json::{Value, json};
 use server::jobs::cleanup;
+use test_support::{TestApp, Ws, next_frame, spawn_app};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Asks over REST; returns (answer message id, conversation id).

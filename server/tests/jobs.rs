@@ -2,8 +2,6 @@
 //! cleanup (retention edges, batches under load, exclusivity, recorded runs, the schedule) and
 //! the welcome-mail outbox (delivery, retries, a crashed worker, several workers).
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +16,7 @@ use server::jobs::outbox::{self, ExecutionOutcome, RetryPolicy, WorkerSettings};
 use tokio_postgres::GenericClient;
 use tokio_util::sync::CancellationToken;
 
-use common::{TestApp, spawn_app, spawn_app_with};
+use test_support::{TestApp, spawn_app, spawn_app_with};
 
 // ---------------------------------------------------------------------------------------------
 // A tiny SMTP server: the fake of the external mail relay.
@@ -244,7 +242,7 @@ use smtp::SmtpServer;
 
 /// A migrated database with no server on it, for driving the outbox by hand.
 async fn migrated_database() -> (String, Pool) {
-    let url = common::fresh_database().await;
+    let url = test_support::fresh_database().await;
     server::db::migrate(&url).await.unwrap();
     let pool = server::db::pool(&url, 8).unwrap();
     (url, pool)
@@ -510,7 +508,7 @@ async fn the_scheduler_runs_the_cleanup_on_its_cron_schedule() {
 
 #[tokio::test]
 async fn a_bad_cron_schedule_refuses_to_start() {
-    let mut config = common::test_config().await;
+    let mut config = test_support::test_config().await;
     config.cleanup_schedule = "every day at three".to_owned();
     let err = server::startup::Application::build(config)
         .await
@@ -1145,11 +1143,11 @@ async fn two_servers_and_many_signups_send_each_welcome_mail_exactly_once() {
     })
     .await;
     // A second server process on the same database, with its own scheduler and worker.
-    let mut config = common::test_config().await;
+    let mut config = test_support::test_config().await;
     config.database_url = first.database_url.clone();
     config.mailer = server::config::Secret::new(url);
     config.signup_max_per_addr = 100;
-    let second = common::spawn_app_from(config).await;
+    let second = test_support::spawn_app_from(config).await;
 
     const SIGNUPS: usize = 24;
     let apps = [&first, &second];

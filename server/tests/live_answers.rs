@@ -2,18 +2,16 @@
 //! against the real server and PostgreSQL. Answers come from the offline provider, or from a
 //! fake OpenAI-compatible server on loopback that streams slowly.
 
-mod common;
-
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
-use common::{TestApp, Ws, next_frame, spawn_app_from, spawn_app_with, test_config};
 use futures::SinkExt;
 use protocol::admin::AdminEvent;
 use protocol::chat::FinishReason;
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
+use test_support::{TestApp, Ws, next_frame, spawn_app_from, spawn_app_with, test_config};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 

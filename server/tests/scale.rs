@@ -2,18 +2,16 @@
 //! against the real server, PostgreSQL and model. Behaviour only: the figures are in
 //! BENCHMARKS.md (from `chat-bench`), never asserted here.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{next_frame, spawn_app_with, workspace_dir};
 use futures::SinkExt;
 use serde_json::json;
 use server::rag::embed::{Batching, EmbedKind, Embedder, LocalEmbedder};
+use test_support::{next_frame, spawn_app_with, workspace_dir};
 use tokio_tungstenite::tungstenite::Message;
 
-async fn send(ws: &mut common::Ws, frame: serde_json::Value) {
+async fn send(ws: &mut test_support::Ws, frame: serde_json::Value) {
     ws.send(Message::Text(frame.to_string().into()))
         .await
         .expect("frame sent");

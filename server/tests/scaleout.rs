@@ -5,8 +5,6 @@
 //! The HAProxy test needs Debian's `haproxy` (`scripts/setup.sh` installs it); without it the
 //! test says so and passes, unless `CI` is set, where it fails.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::Response;
-use common::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app_from};
 use futures::SinkExt;
 use protocol::admin::{KbInfo, SessionInfo};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider, Secret};
+use test_support::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app_from};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -121,7 +119,7 @@ async fn spawn_fake(pause: Duration) -> (String, Arc<FakeStats>) {
 
 /// Two-instance settings: the fake provider, a fast heartbeat, a bootstrap admin.
 async fn cluster_config(fake_url: &str) -> Config {
-    let mut config = common::test_config().await;
+    let mut config = test_support::test_config().await;
     config.llm_provider = Some(LlmProvider::Openai);
     config.openai_base_url = fake_url.to_owned();
     config.llm_model = Some("fake-model".into());
@@ -394,7 +392,9 @@ async fn asks_per_minute_and_sockets_per_user_hold_across_instances() {
     let _on_a = chat_on(a.addr, &user.access).await;
     for app in [&a, &b] {
         let mut third = app.ws_connect(&user.access).await;
-        let close = common::next_close(&mut third).await.expect("a close frame");
+        let close = test_support::next_close(&mut third)
+            .await
+            .expect("a close frame");
         assert_eq!(u16::from(close.code), protocol::ws::CLOSE_TOO_MANY_SOCKETS);
     }
     // A closed socket gives its slot back (the lease is returned in the background).
@@ -664,7 +664,7 @@ async fn behind_haproxy_a_dropped_socket_resumes_on_the_other_instance() {
 
 /// The chat server binary as cargo built it, on `port`.
 fn server_binary(port: u16, database_url: &str, fake_url: &str) -> Command {
-    let mut cmd = common::server_process(
+    let mut cmd = test_support::server_process(
         env!("CARGO_BIN_EXE_chat-server"),
         port,
         database_url,
@@ -729,7 +729,7 @@ async fn answer_through_restart(
 async fn a_rolling_restart_mid_answer_completes_every_answer_through_resume() {
     const ANSWERS: usize = 50;
     let (fake, stats) = spawn_fake(Duration::from_millis(150)).await;
-    let database_url = common::fresh_database().await;
+    let database_url = test_support::fresh_database().await;
     let client = reqwest::Client::new();
     let (port_a, port_b) = (free_port(), free_port());
     let (base_a, base_b) = (
@@ -827,5 +827,5 @@ async fn a_rolling_restart_mid_answer_completes_every_answer_through_resume() {
     instance_b.start_kill().unwrap();
     let _ = instance_b.wait().await;
     drop(db);
-    common::drop_database(&database_url).await;
+    test_support::drop_database(&database_url).await;
 }

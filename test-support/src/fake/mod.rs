@@ -1,0 +1,7 @@
+//! The external services the server talks to, faked on loopback with their real wire
+//! protocols, so the server's own clients are what the tests exercise.
+//!
+//! - [`scripted`]: Gemini and OpenAI-compatible HTTP APIs answering each request with the
+//!   next scripted [`scripted::Reply`], recording what they were sent.
+
+pub mod scripted;
