@@ -16,11 +16,10 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
+use test_support::fake::chat::{FakeChat, Stream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -33,45 +32,16 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn chunk(content: Option<&str>, finish: Option<&str>) -> String {
-    let delta = match content {
-        Some(c) => json!({"content": c}),
-        None => json!({}),
-    };
-    let body = json!({"id":"b","object":"chat.completion.chunk",
-        "choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
-    format!("data: {body}\n\n")
-}
-
-async fn completions() -> Response {
-    let stream = futures::stream::unfold(0usize, |i| async move {
-        if i > 0 && i <= WORDS {
-            tokio::time::sleep(PAUSE).await;
-        }
-        let data = if i < WORDS {
-            // The send time, in microseconds since the shared epoch.
-            let sent = epoch().elapsed().as_micros();
-            chunk(Some(&format!("{sent} ")), None)
-        } else if i == WORDS {
-            format!("{}data: [DONE]\n\n", chunk(None, Some("stop")))
-        } else {
-            return None;
-        };
-        Some((Ok::<_, std::io::Error>(data), i + 1))
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
-}
-
+/// The fake provider: each delta's text is its send time, in microseconds since [`epoch`].
 async fn spawn_fake() -> String {
-    let router =
-        axum::Router::new().route("/v1/chat/completions", axum::routing::post(completions));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    format!("http://{addr}")
+    let fake = FakeChat::start(|_| {
+        Stream::generated(WORDS, PAUSE, |_| {
+            format!("{} ", epoch().elapsed().as_micros())
+        })
+        .into()
+    })
+    .await;
+    fake.url
 }
 
 fn env_usize(name: &str, default: usize) -> usize {

@@ -5,10 +5,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::response::Response;
-use serde_json::{Value, json};
 use server::config::LlmProvider;
+use test_support::fake::chat::{ChatReply, FakeChat, Stream};
 
 /// The quick answer: paragraphs, a numbered list and markup that must stay text.
 const QUICK_ANSWER: &str = "Refunds go back to your original payment method within 5 business \
@@ -22,84 +20,25 @@ const SLOW_WORDS: usize = 80;
 /// while it streams.
 const SLOW_PAUSE: Duration = Duration::from_millis(100);
 
-fn chunk(content: Option<&str>, finish: Option<&str>) -> String {
-    let delta = match content {
-        Some(c) => json!({ "content": c }),
-        None => json!({}),
-    };
-    let body = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-    format!("data: {body}\n\n")
-}
-
-/// `POST /v1/chat/completions`, streaming: a question with "slowly" gets `w0 w1 ...` slowly,
-/// one with "(fail)" a 400 error, any other the quick answer in small pieces.
-async fn fake_completions(body: String) -> Response {
-    let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    let last = request["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_owned();
-    if last.contains("(fail)") {
-        return Response::builder()
-            .status(400)
-            .header("content-type", "application/json")
-            .body(Body::from(
-                r#"{"error":{"message":"bad model","type":"invalid_request_error","param":null,"code":null}}"#,
-            ))
-            .expect("an error response");
-    }
-    let (pieces, pause): (Vec<String>, Duration) = if last.contains("slowly") {
-        let words = (0..SLOW_WORDS).map(|i| format!("w{i} ")).collect();
-        (words, SLOW_PAUSE)
-    } else {
-        let chars: Vec<char> = QUICK_ANSWER.chars().collect();
-        let pieces = chars.chunks(12).map(|c| c.iter().collect()).collect();
-        (pieces, Duration::from_millis(50))
-    };
-    let count = pieces.len();
-    let stream = futures::stream::unfold(0usize, move |i| {
-        let piece = pieces.get(i).cloned();
-        async move {
-            let data = match piece {
-                Some(piece) => {
-                    if i > 0 {
-                        tokio::time::sleep(pause).await;
-                    }
-                    chunk(Some(&piece), None)
-                }
-                None if i == count => {
-                    let usage = json!({"id": "chatcmpl-1", "choices": [],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": count, "total_tokens": 10 + count}});
-                    format!(
-                        "{}data: {usage}\n\ndata: [DONE]\n\n",
-                        chunk(None, Some("stop"))
-                    )
-                }
-                None => return None,
-            };
-            Some((Ok::<_, std::io::Error>(data), i + 1))
-        }
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .expect("a streaming response")
-}
-
+/// A fake OpenAI-compatible provider: a question with "slowly" gets `w0 w1 ...` slowly, one
+/// with "(fail)" a 400 error, any other the quick answer in small pieces.
 async fn spawn_fake_provider() -> String {
-    let router = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(fake_completions),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the fake provider");
-    let addr = listener.local_addr().expect("its address");
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    format!("http://{addr}")
+    let fake = FakeChat::start(|call| {
+        let last = call.last_message();
+        if last.contains("(fail)") {
+            return ChatReply::bad_model();
+        }
+        let stream = if last.contains("slowly") {
+            Stream::words(SLOW_WORDS, SLOW_PAUSE)
+        } else {
+            let chars: Vec<char> = QUICK_ANSWER.chars().collect();
+            let pieces = chars.chunks(12).map(|c| c.iter().collect()).collect();
+            Stream::pieces(pieces, Duration::from_millis(50))
+        };
+        stream.end_at_once().usage(10).into()
+    })
+    .await;
+    fake.url
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

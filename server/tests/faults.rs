@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
+use test_support::fake::chat::{ChatReply, FakeChat, Stream};
 use test_support::{TestApp, Ws, next_frame, spawn_app_from, test_config};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
@@ -209,28 +208,7 @@ impl Fake {
     }
 }
 
-fn chunk(content: Option<&str>, finish: Option<&str>) -> String {
-    let delta = match content {
-        Some(c) => json!({"content": c}),
-        None => json!({}),
-    };
-    let body = json!({"id":"chatcmpl-1","object":"chat.completion.chunk",
-        "choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
-    format!("data: {body}\n\n")
-}
-
-fn refusal(status: u16) -> Response {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("retry-after", "1")
-        .body(Body::from(
-            r#"{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}"#,
-        ))
-        .unwrap()
-}
-
-async fn completions(fake: Arc<Fake>) -> Response {
+fn completions(fake: &Fake) -> ChatReply {
     let n = fake.calls.fetch_add(1, Ordering::SeqCst) + 1;
     let mode = fake.mode();
     let refuse = match mode {
@@ -240,47 +218,21 @@ async fn completions(fake: Arc<Fake>) -> Response {
     };
     if let Some(status) = refuse {
         fake.refused.fetch_add(1, Ordering::SeqCst);
-        return refusal(status);
+        return ChatReply::overloaded(status);
     }
-    let (words, pause) = match mode {
-        Mode::Slow => (25usize, Duration::from_millis(300)),
-        _ => (3, Duration::ZERO),
-    };
-    let stream = futures::stream::unfold(0usize, move |i| async move {
-        if i > 0 && i <= words && !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-        let data = if i < words {
-            chunk(Some(&format!("w{i} ")), None)
-        } else if i == words {
-            let usage = json!({"id":"chatcmpl-1","choices":[],
-                "usage":{"prompt_tokens":11,"completion_tokens":words,"total_tokens":11 + words}});
-            format!(
-                "{}data: {usage}\n\ndata: [DONE]\n\n",
-                chunk(None, Some("stop"))
-            )
-        } else {
-            return None;
-        };
-        Some((Ok::<_, std::io::Error>(data), i + 1))
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
+    match mode {
+        Mode::Slow => Stream::words(25, Duration::from_millis(300)),
+        _ => Stream::words(3, Duration::ZERO),
+    }
+    .usage(11)
+    .into()
 }
 
 async fn spawn_fake() -> (String, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
     let shared = Arc::clone(&fake);
-    let router = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move || completions(Arc::clone(&shared))),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (format!("http://{addr}"), fake)
+    let chat = FakeChat::start(move |_| completions(&shared)).await;
+    (chat.url, fake)
 }
 
 fn use_fake(config: &mut Config, url: &str) {

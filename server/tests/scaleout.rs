@@ -10,15 +10,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::response::Response;
 use futures::SinkExt;
 use protocol::admin::{KbInfo, SessionInfo};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider, Secret};
+use test_support::fake::chat::{ChatStats, FakeChat, Stream};
 use test_support::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app_from};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
@@ -34,87 +33,18 @@ const SLOW_WORDS: usize = 30;
 
 // ----------------------------------------------------------------------------- a fake provider
 
-/// Requests the fake provider served, and streams it saw dropped before their end.
-#[derive(Default)]
-struct FakeStats {
-    requests: AtomicUsize,
-    dropped: AtomicUsize,
-}
-
-struct StreamGuard {
-    stats: Arc<FakeStats>,
-    completed: bool,
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if !self.completed {
-            self.stats.dropped.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-fn chunk(content: Option<&str>, finish: Option<&str>) -> String {
-    let delta = match content {
-        Some(c) => json!({"content": c}),
-        None => json!({}),
-    };
-    let body = json!({"id":"chatcmpl-1","object":"chat.completion.chunk",
-        "choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
-    format!("data: {body}\n\n")
-}
-
-/// An OpenAI-compatible streaming reply: "slowly" in the question → [`SLOW_WORDS`] deltas
-/// `pause` apart; anything else → three quick deltas.
-async fn completions(stats: Arc<FakeStats>, pause: Duration, body: String) -> Response {
-    stats.requests.fetch_add(1, Ordering::SeqCst);
-    let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    let last = request["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_owned();
-    let (words, pause) = if last.contains("slowly") {
-        (SLOW_WORDS, pause)
-    } else {
-        (3, Duration::ZERO)
-    };
-    let guard = StreamGuard {
-        stats,
-        completed: false,
-    };
-    let stream = futures::stream::unfold((0usize, guard), move |(i, mut guard)| async move {
-        if i > 0 && i <= words && !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-        let data = if i < words {
-            chunk(Some(&format!("w{i} ")), None)
-        } else if i == words {
-            guard.completed = true;
-            format!("{}data: [DONE]\n\n", chunk(None, Some("stop")))
+/// An OpenAI-compatible fake: "slowly" in the question → [`SLOW_WORDS`] deltas `pause` apart;
+/// anything else → three quick deltas. Counts requests, and streams dropped before their end.
+async fn spawn_fake(pause: Duration) -> (String, Arc<ChatStats>) {
+    let fake = FakeChat::start(move |call| {
+        if call.last_message().contains("slowly") {
+            Stream::words(SLOW_WORDS, pause).into()
         } else {
-            return None;
-        };
-        Some((Ok::<_, std::io::Error>(data), (i + 1, guard)))
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
-}
-
-async fn spawn_fake(pause: Duration) -> (String, Arc<FakeStats>) {
-    let stats = Arc::new(FakeStats::default());
-    let shared = Arc::clone(&stats);
-    let router = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |body: String| completions(Arc::clone(&shared), pause, body)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (format!("http://{addr}"), stats)
+            Stream::words(3, Duration::ZERO).into()
+        }
+    })
+    .await;
+    (fake.url, fake.stats)
 }
 
 /// Two-instance settings: the fake provider, a fast heartbeat, a bootstrap admin.

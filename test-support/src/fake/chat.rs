@@ -1,7 +1,7 @@
 //! A fake OpenAI-compatible chat model on loopback: `POST /v1/chat/completions`, answered with
 //! the real streaming wire format (`chat.completion.chunk` events, a `stop` chunk, an optional
 //! usage chunk, `[DONE]`) or an OpenAI-style error. What each request gets is the test's choice:
-//! [`FakeChat::start`] takes a function from the [`Call`] to its [`Answer`].
+//! [`FakeChat::start`] takes a function from the [`Call`] to its [`ChatReply`].
 //!
 //! The fake counts requests, streams read to their end and streams dropped before it (the server
 //! hung up), and keeps the latest request body: [`ChatStats`].
@@ -35,7 +35,7 @@ impl Call {
 }
 
 /// What the fake sends back for one request.
-pub enum Answer {
+pub enum ChatReply {
     /// An error status with an OpenAI-style JSON error body, and `Retry-After` when given.
     Error {
         status: u16,
@@ -47,7 +47,7 @@ pub enum Answer {
     Stream(Stream),
 }
 
-impl Answer {
+impl ChatReply {
     /// `400 invalid_request_error` "bad model": refused before any byte of an answer.
     pub fn bad_model() -> Self {
         Self::Error {
@@ -69,7 +69,7 @@ impl Answer {
     }
 }
 
-impl From<Stream> for Answer {
+impl From<Stream> for ChatReply {
     fn from(stream: Stream) -> Self {
         Self::Stream(stream)
     }
@@ -150,11 +150,11 @@ pub struct FakeChat {
     pub stats: Arc<ChatStats>,
 }
 
-type Respond = dyn Fn(&Call) -> Answer + Send + Sync;
+type Respond = dyn Fn(&Call) -> ChatReply + Send + Sync;
 
 impl FakeChat {
     /// Starts the fake on a random loopback port; `answer` chooses each request's reply.
-    pub async fn start(answer: impl Fn(&Call) -> Answer + Send + Sync + 'static) -> Self {
+    pub async fn start(answer: impl Fn(&Call) -> ChatReply + Send + Sync + 'static) -> Self {
         let stats = Arc::new(ChatStats::default());
         let answer: Arc<Respond> = Arc::new(answer);
         let shared = Arc::clone(&stats);
@@ -181,7 +181,7 @@ async fn completions(stats: Arc<ChatStats>, answer: Arc<Respond>, body: String) 
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     *stats.last_request.lock().expect("stats lock") = body.clone();
     match answer(&Call { n, body }) {
-        Answer::Error {
+        ChatReply::Error {
             status,
             message,
             kind,
@@ -199,7 +199,7 @@ async fn completions(stats: Arc<ChatStats>, answer: Arc<Respond>, body: String) 
                 )))
                 .expect("an error response")
         }
-        Answer::Stream(stream) => Response::builder()
+        ChatReply::Stream(stream) => Response::builder()
             .header("content-type", "text/event-stream")
             .body(stream_body(stream, stats))
             .expect("a streaming response"),
