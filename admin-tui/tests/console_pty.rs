@@ -6,12 +6,10 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::SinkExt;
 use portable_pty::{Child, CommandBuilder, MasterPty, PtySize, native_pty_system};
 use serde_json::{Value, json};
 use test_support::fake::chat::{FakeChat, Stream};
-use test_support::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app_with};
-use tokio_tungstenite::tungstenite::Message;
+use test_support::{Incoming, TestApp, Ws, next_frame, next_incoming, send, spawn_app_with};
 
 const ADMIN_PASSWORD: &str = "admin password for pty tests";
 const ROWS: u16 = 45;
@@ -154,12 +152,6 @@ async fn spawn_server() -> TestApp {
         c.llm_model = Some("fake-model".into());
     })
     .await
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("frame sent");
 }
 
 /// Reads answer `id` on a chat socket to its `done`; returns the `done` frame.

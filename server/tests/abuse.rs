@@ -8,7 +8,7 @@ use futures::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use test_support::{
-    Incoming, TestApp, Ws, next_close, next_frame, next_incoming, spawn_app_with, test_config,
+    Incoming, TestApp, next_close, next_frame, next_incoming, send, spawn_app_with, test_config,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,12 +38,6 @@ async fn login_via(app: &TestApp, client: &str, username: &str, password: &str) 
         .await
         .unwrap()
         .status()
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("frame sent");
 }
 
 fn close_code(frame: Option<CloseFrame>) -> u16 {

@@ -9,7 +9,9 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
 use test_support::fake::chat::{ChatReply, ChatStats, FakeChat, Stream};
-use test_support::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app, spawn_app_with};
+use test_support::{
+    Incoming, TestApp, Ws, next_frame, next_incoming, send, spawn_app, spawn_app_with,
+};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -66,12 +68,6 @@ async fn connect_ready(app: &TestApp, token: &str) -> Ws {
     let ready = next_frame(&mut ws).await;
     assert_eq!(ready["type"], "ready", "{ready}");
     ws
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("frame sent");
 }
 
 /// Expects the next frame to be an `error` with this code; returns it.

@@ -15,7 +15,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
 use test_support::fake::chat::{ChatReply, FakeChat, Stream};
-use test_support::{TestApp, Ws, next_frame, spawn_app_from, test_config};
+use test_support::{TestApp, Ws, free_port, next_frame, spawn_app_from, test_config};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -46,14 +46,6 @@ fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A PostgreSQL cluster of this test alone: created, started, stopped and removed by it.

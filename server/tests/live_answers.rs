@@ -4,14 +4,12 @@
 
 use std::time::Duration;
 
-use futures::SinkExt;
 use protocol::admin::AdminEvent;
 use protocol::chat::FinishReason;
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
 use test_support::fake::chat::{FakeChat, Stream};
-use test_support::{TestApp, Ws, next_frame, spawn_app_from, spawn_app_with, test_config};
-use tokio_tungstenite::tungstenite::Message;
+use test_support::{TestApp, Ws, next_frame, send, spawn_app_from, spawn_app_with, test_config};
 use uuid::Uuid;
 
 const ADMIN_PASSWORD: &str = "admin password for live answer tests";
@@ -19,12 +17,6 @@ const ADMIN_PASSWORD: &str = "admin password for live answer tests";
 fn with_admin(c: &mut Config) {
     c.admin_username = Some("boss".into());
     c.admin_password = Some(server::config::Secret::new(ADMIN_PASSWORD));
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("frame sent");
 }
 
 /// The admin event socket, past its snapshot.

@@ -5,17 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::SinkExt;
 use serde_json::json;
 use server::rag::embed::{Batching, EmbedKind, Embedder, LocalEmbedder};
-use test_support::{next_frame, spawn_app_with, workspace_dir};
-use tokio_tungstenite::tungstenite::Message;
-
-async fn send(ws: &mut test_support::Ws, frame: serde_json::Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("frame sent");
-}
+use test_support::{next_frame, send, spawn_app_with, workspace_dir};
 
 #[tokio::test]
 async fn tiny_socket_buffers_still_read_big_frames_and_stream_answers() {

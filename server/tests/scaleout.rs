@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::SinkExt;
 use protocol::admin::{KbInfo, SessionInfo};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider, Secret};
 use test_support::fake::chat::{ChatStats, FakeChat, Stream};
-use test_support::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app_from};
+use test_support::{
+    Incoming, TestApp, Ws, free_port, next_frame, next_incoming, send, spawn_app_from,
+};
 use tokio::process::Command;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
@@ -86,12 +86,6 @@ async fn chat_at(url: &str, token: &str) -> (Ws, Uuid) {
 
 async fn chat_on(addr: SocketAddr, token: &str) -> Ws {
     chat_at(&format!("ws://{addr}/ws/chat"), token).await.0
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("frame sent");
 }
 
 async fn ask(ws: &mut Ws, id: &str, message: &str) {
@@ -355,14 +349,6 @@ fn haproxy_binary() -> Option<PathBuf> {
     .iter()
     .map(PathBuf::from)
     .find(|p| p.exists())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// HAProxy on loopback in front of `servers`: round-robin, WebSockets through (HTTP mode

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 pub use app::{TestApp, server_process, spawn_app, spawn_app_from, spawn_app_with, test_config};
 pub use db::{TestDb, admin_database_url, drop_database, fresh_database};
-pub use ws::{FRAME_WAIT, Incoming, Ws, next_close, next_frame, next_incoming};
+pub use ws::{FRAME_WAIT, Incoming, Ws, next_close, next_frame, next_incoming, send};
 
 /// The workspace root.
 pub fn workspace_dir() -> PathBuf {
@@ -32,4 +32,14 @@ pub fn workspace_dir() -> PathBuf {
 /// A file or folder under the server's test fixtures (`server/tests/fixtures`).
 pub fn fixture(path: &str) -> PathBuf {
     workspace_dir().join("server/tests/fixtures").join(path)
+}
+
+/// A loopback port that was free a moment ago (bound, then released), for a process or proxy
+/// the test starts itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
 }

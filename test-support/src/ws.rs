@@ -1,8 +1,8 @@
-//! A test's client websocket: reading JSON frames with a deadline.
+//! A test's client websocket: sending JSON frames, reading them with a deadline.
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -57,4 +57,11 @@ pub async fn next_close(ws: &mut Ws) -> Option<CloseFrame> {
             return frame;
         }
     }
+}
+
+/// Sends `frame` as a text frame; failing to send fails the test.
+pub async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .expect("frame sent");
 }

@@ -4,6 +4,8 @@
 //! - [`chat`]: an OpenAI-compatible chat model streaming answers the test chooses per request.
 //! - [`scripted`]: Gemini and OpenAI-compatible HTTP APIs answering each request with the
 //!   next scripted [`scripted::Reply`], recording what they were sent.
+//! - [`smtp`]: the mail relay, recording the messages, refusing or stalling on demand.
 
 pub mod chat;
 pub mod scripted;
+pub mod smtp;
