@@ -25,7 +25,7 @@ async fn django_database() -> (String, tokio_postgres::Client) {
     let url = fresh_database().await;
     let client = server::db::connect(&url).await.expect("django db");
     client
-        .batch_execute(include_str!("fixtures/django/schema.sql"))
+        .batch_execute(include_str!("../fixtures/django/schema.sql"))
         .await
         .expect("django schema");
     (url, client)
