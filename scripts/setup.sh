@@ -115,7 +115,7 @@ fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/support-chat/target}"
 
 # --- 5. the browser test ----------------------------------------------------------------
-# server/tests/browser.rs drives the chat page in Debian's headless Chromium through
+# server/tests/api/browser.rs drives the chat page in Debian's headless Chromium through
 # playwright-core (pinned in server/tests/e2e/package-lock.json; it downloads no browser).
 browser_pkgs=()
 dpkg -s chromium >/dev/null 2>&1 || browser_pkgs+=(chromium)

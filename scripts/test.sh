@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets the machine up (see setup.sh) and runs every test against the real PostgreSQL.
-# Extra arguments go to `cargo test`, e.g. `scripts/test.sh --test accounts`.
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh --test api accounts::`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh

@@ -2,20 +2,14 @@
 //! keys are typed into the terminal, and the screen is read back through a VT100 parser.
 //! Every wait is for text to appear (or go) within a bound, never a fixed sleep.
 
-#[path = "../../server/tests/common/mod.rs"]
-mod common;
-
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::response::Response;
-use common::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app_with, workspace_dir};
-use futures::SinkExt;
 use portable_pty::{Child, CommandBuilder, MasterPty, PtySize, native_pty_system};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use test_support::fake::chat::{FakeChat, Stream};
+use test_support::{Incoming, TestApp, Ws, next_frame, next_incoming, send, spawn_app_with};
 
 const ADMIN_PASSWORD: &str = "admin password for pty tests";
 const ROWS: u16 = 45;
@@ -133,60 +127,19 @@ impl Drop for Console {
 // A fake OpenAI-compatible provider: a question with "slowly" is answered `w0 ` … `w39 `, 50 ms
 // apart; any other question gets the refusal the knowledge-gaps report counts.
 
-fn chunk(content: Option<&str>, finish: Option<&str>) -> String {
-    let delta = match content {
-        Some(c) => json!({"content": c}),
-        None => json!({}),
-    };
-    let body = json!({"id":"chatcmpl-1","object":"chat.completion.chunk",
-        "choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
-    format!("data: {body}\n\n")
-}
-
-async fn completions(body: String) -> Response {
-    let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    let question = request["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_owned();
-    let pieces: Vec<String> = if question.contains("slowly") {
-        (0..40).map(|i| format!("w{i} ")).collect()
-    } else {
-        vec!["I don't have that information.".into()]
-    };
-    let stream = futures::stream::unfold(0usize, move |i| {
-        let pieces = pieces.clone();
-        async move {
-            if i > 0 && i < pieces.len() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let data = match i.cmp(&pieces.len()) {
-                std::cmp::Ordering::Less => chunk(Some(&pieces[i]), None),
-                std::cmp::Ordering::Equal => {
-                    format!("{}data: [DONE]\n\n", chunk(None, Some("stop")))
-                }
-                std::cmp::Ordering::Greater => return None,
-            };
-            Some((Ok::<_, std::io::Error>(data), i + 1))
-        }
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
-}
-
 async fn spawn_provider() -> String {
-    let router = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(|body: String| completions(body)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    format!("http://{addr}")
+    let fake = FakeChat::start(|call| {
+        let pieces: Vec<String> = if call.last_message().contains("slowly") {
+            (0..40).map(|i| format!("w{i} ")).collect()
+        } else {
+            vec!["I don't have that information.".into()]
+        };
+        Stream::pieces(pieces, Duration::from_millis(50))
+            .end_at_once()
+            .into()
+    })
+    .await;
+    fake.url
 }
 
 async fn spawn_server() -> TestApp {
@@ -194,19 +147,11 @@ async fn spawn_server() -> TestApp {
     spawn_app_with(|c| {
         c.admin_username = Some("boss".into());
         c.admin_password = Some(server::config::Secret::new(ADMIN_PASSWORD));
-        // The harness looks for fixtures next to the including crate; they live in server/.
-        c.knowledge_base_dir = workspace_dir().join("server/tests/fixtures/kb");
         c.llm_provider = Some(server::config::LlmProvider::Openai);
         c.openai_base_url = provider;
         c.llm_model = Some("fake-model".into());
     })
     .await
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("frame sent");
 }
 
 /// Reads answer `id` on a chat socket to its `done`; returns the `done` frame.

@@ -1,18 +1,15 @@
 //! The console's clients against the real server and PostgreSQL.
 
-#[path = "../../server/tests/common/mod.rs"]
-mod common;
-
 use std::time::Duration;
 
 use admin_tui::api::{ApiClient, ApiError};
 use admin_tui::app::{AppEvent, ConnectionState};
 use admin_tui::auth::{self, Credentials, Secret};
 use admin_tui::events::{self, AdminSocket};
-use common::{TestApp, spawn_app_with, workspace_dir};
 use futures::SinkExt;
 use protocol::ErrorCode;
 use protocol::admin::{AdminEvent, CleanupTrigger};
+use test_support::{TestApp, spawn_app_with};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -23,8 +20,6 @@ async fn spawn_with_admin() -> TestApp {
     spawn_app_with(|c| {
         c.admin_username = Some("boss".into());
         c.admin_password = Some(server::config::Secret::new(ADMIN_PASSWORD));
-        // The harness looks for fixtures next to the including crate; they live in server/.
-        c.knowledge_base_dir = workspace_dir().join("server/tests/fixtures/kb");
     })
     .await
 }
@@ -221,7 +216,6 @@ async fn access_token_is_refreshed_before_it_expires() {
     let app = spawn_app_with(|c| {
         c.admin_username = Some("boss".into());
         c.admin_password = Some(server::config::Secret::new(ADMIN_PASSWORD));
-        c.knowledge_base_dir = workspace_dir().join("server/tests/fixtures/kb");
         // refresh_delay(11) is 1 s: the refresher acts within the test's patience.
         c.access_token_ttl_secs = 11;
     })

@@ -16,18 +16,15 @@
 
 use std::time::{Duration, Instant};
 
-use axum::response::IntoResponse;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
 use server::startup::Application;
+use test_support::fake::chat::{FakeChat, Stream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::{drop_database, fresh_database, workspace_dir};
+use test_support::{drop_database, fresh_database, workspace_dir};
 
 const CHUNKS: usize = 30;
 const GAP_MS: u64 = 20;
@@ -52,38 +49,10 @@ fn pct(values: &[f64], p: f64) -> f64 {
 
 /// An OpenAI-compatible `/v1/chat/completions` that streams `CHUNKS` words `GAP_MS` apart.
 async fn spawn_fake_model() -> String {
-    async fn completions() -> axum::response::Response {
-        let stream = futures::stream::unfold(0usize, |n| async move {
-            if n > CHUNKS {
-                return None;
-            }
-            if n > 0 {
-                tokio::time::sleep(Duration::from_millis(GAP_MS)).await;
-            }
-            let (delta, finish) = if n == CHUNKS {
-                (json!({}), json!("stop"))
-            } else {
-                (json!({"content": format!("w{n} ")}), Value::Null)
-            };
-            let body = json!({"id":"c","object":"chat.completion.chunk",
-                "choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
-            let mut event = format!("data: {body}\n\n");
-            if n == CHUNKS {
-                event.push_str("data: [DONE]\n\n");
-            }
-            Some((Ok::<_, std::convert::Infallible>(event), n + 1))
-        });
-        (
-            [("content-type", "text/event-stream")],
-            axum::body::Body::from_stream(stream),
-        )
-            .into_response()
-    }
-    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(completions));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+    let gap = Duration::from_millis(GAP_MS);
+    FakeChat::start(move |_| Stream::words(CHUNKS, gap).into())
+        .await
+        .url
 }
 
 type Ws =

@@ -30,11 +30,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 const WAIT: Duration = Duration::from_secs(120);
 const PASSWORD: &str = "correct horse battery";
 
-// The test harness's database and path helpers: one way to make and drop a throw-away database.
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::{drop_database, fresh_database, workspace_dir};
+use test_support::{drop_database, fresh_database, workspace_dir};
 
 /// A `/proc/self/status` field in MiB (`VmRSS`, `VmHWM`).
 fn proc_status_mib(field: &str) -> f64 {

@@ -16,16 +16,13 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
+use test_support::fake::chat::{FakeChat, Stream};
+use test_support::free_port;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-#[path = "../tests/common/mod.rs"]
-mod common;
 
 const WAIT: Duration = Duration::from_secs(60);
 const WORDS: usize = 20;
@@ -36,45 +33,16 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn chunk(content: Option<&str>, finish: Option<&str>) -> String {
-    let delta = match content {
-        Some(c) => json!({"content": c}),
-        None => json!({}),
-    };
-    let body = json!({"id":"b","object":"chat.completion.chunk",
-        "choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
-    format!("data: {body}\n\n")
-}
-
-async fn completions() -> Response {
-    let stream = futures::stream::unfold(0usize, |i| async move {
-        if i > 0 && i <= WORDS {
-            tokio::time::sleep(PAUSE).await;
-        }
-        let data = if i < WORDS {
-            // The send time, in microseconds since the shared epoch.
-            let sent = epoch().elapsed().as_micros();
-            chunk(Some(&format!("{sent} ")), None)
-        } else if i == WORDS {
-            format!("{}data: [DONE]\n\n", chunk(None, Some("stop")))
-        } else {
-            return None;
-        };
-        Some((Ok::<_, std::io::Error>(data), i + 1))
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
-}
-
+/// The fake provider: each delta's text is its send time, in microseconds since [`epoch`].
 async fn spawn_fake() -> String {
-    let router =
-        axum::Router::new().route("/v1/chat/completions", axum::routing::post(completions));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    format!("http://{addr}")
+    let fake = FakeChat::start(|_| {
+        Stream::generated(WORDS, PAUSE, |_| {
+            format!("{} ", epoch().elapsed().as_micros())
+        })
+        .into()
+    })
+    .await;
+    fake.url
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -88,14 +56,6 @@ fn pct(values: &mut [f64], p: f64) -> f64 {
     values.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
     values[rank.clamp(1, values.len()) - 1]
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts haproxy in front of `servers`; returns the child and its port.
@@ -122,7 +82,7 @@ fn haproxy(servers: &[std::net::SocketAddr], dir: &std::path::Path) -> (std::pro
 }
 
 async fn run_setup(instances: usize, sockets: usize, asks: usize, fake: &str) -> Value {
-    let mut config: Config = common::test_config().await;
+    let mut config: Config = test_support::test_config().await;
     config.llm_provider = Some(LlmProvider::Openai);
     config.openai_base_url = fake.to_owned();
     config.llm_model = Some("fake".into());
@@ -132,7 +92,7 @@ async fn run_setup(instances: usize, sockets: usize, asks: usize, fake: &str) ->
     config.trusted_proxies = vec!["127.0.0.1/32".into()];
     let mut apps = Vec::new();
     for _ in 0..instances {
-        apps.push(common::spawn_app_from(config.clone()).await);
+        apps.push(test_support::spawn_app_from(config.clone()).await);
     }
     let dir = std::env::temp_dir().join(format!("proxy-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -211,7 +171,7 @@ async fn run_setup(instances: usize, sockets: usize, asks: usize, fake: &str) ->
     for app in apps {
         app.stop().await;
     }
-    common::drop_database(&database_url).await;
+    test_support::drop_database(&database_url).await;
     json!({
         "instances": instances,
         "sockets": sockets,
@@ -225,7 +185,7 @@ async fn run_setup(instances: usize, sockets: usize, asks: usize, fake: &str) ->
 }
 
 /// Median and p99 of `n` runs of `statement` through the pool (one round trip each).
-async fn time_statements(app: &common::TestApp, n: usize) -> Value {
+async fn time_statements(app: &test_support::TestApp, n: usize) -> Value {
     let db = &app.state.db;
     let client = db.get().await.unwrap();
     let mut select = Vec::new();
@@ -260,9 +220,9 @@ async fn main() {
         let result = run_setup(instances, sockets, asks, &fake).await;
         println!("PROXY_BENCH {result}");
     }
-    let app = common::spawn_app().await;
+    let app = test_support::spawn_app().await;
     println!("LIMIT_COST {}", time_statements(&app, 2000).await);
     let url = app.database_url.clone();
     app.stop().await;
-    common::drop_database(&url).await;
+    test_support::drop_database(&url).await;
 }

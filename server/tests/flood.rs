@@ -3,15 +3,13 @@
 //! allocating per request), every response is an answer or a clear refusal, and the answer
 //! arrives whole. Alone in its binary, so the process's memory is this test's.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{next_frame, spawn_app_with};
 use futures::SinkExt;
 use serde_json::json;
+use test_support::{next_frame, spawn_app_with};
 use tokio_tungstenite::tungstenite::Message;
 
 const PASSWORD: &str = "correct horse battery";

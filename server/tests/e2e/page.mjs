@@ -1,5 +1,5 @@
 // Drives the chat page in headless Chromium (Debian's /usr/bin/chromium) against a running
-// server: `node page.mjs <base url>`. Run by server/tests/browser.rs, which starts the server
+// server: `node page.mjs <base url>`. Run by server/tests/api/browser.rs, which starts the server
 // with a fake model provider (answers with "slowly" in the question stream slowly).
 // Exits 0 when every step passed; prints one line per step.
 //

@@ -32,9 +32,9 @@ use uuid::Uuid;
 use super::log::{AnswerLog, LogEvent};
 use super::sessions::SessionRegistry;
 use super::{durable, store};
-use crate::llm::Turn;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::llm::Turn;
 use crate::state::AppState;
 
 /// Checks a question and counts it against the user's asks-per-minute limit, shared by every

@@ -9,9 +9,9 @@ use protocol::chat::{FinishReason, Source, Usage};
 use protocol::error::ErrorCode;
 
 use super::Accepted;
+use crate::chat::log::{AnswerLog, LogEvent};
 use crate::grounding::{AnswerError, AnswerRequest, Answerer};
 use crate::llm::Chunk;
-use crate::chat::log::{AnswerLog, LogEvent};
 
 /// What the stream produced, however it ended.
 pub(super) struct Streamed {

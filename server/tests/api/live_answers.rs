@@ -2,19 +2,14 @@
 //! against the real server and PostgreSQL. Answers come from the offline provider, or from a
 //! fake OpenAI-compatible server on loopback that streams slowly.
 
-mod common;
-
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::response::Response;
-use common::{TestApp, Ws, next_frame, spawn_app_from, spawn_app_with, test_config};
-use futures::SinkExt;
 use protocol::admin::AdminEvent;
 use protocol::chat::FinishReason;
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
-use tokio_tungstenite::tungstenite::Message;
+use test_support::fake::chat::{FakeChat, Stream};
+use test_support::{TestApp, Ws, next_frame, send, spawn_app_from, spawn_app_with, test_config};
 use uuid::Uuid;
 
 const ADMIN_PASSWORD: &str = "admin password for live answer tests";
@@ -22,12 +17,6 @@ const ADMIN_PASSWORD: &str = "admin password for live answer tests";
 fn with_admin(c: &mut Config) {
     c.admin_username = Some("boss".into());
     c.admin_password = Some(server::config::Secret::new(ADMIN_PASSWORD));
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("frame sent");
 }
 
 /// The admin event socket, past its snapshot.
@@ -223,43 +212,10 @@ async fn a_watching_admin_gets_the_users_answer_as_it_streams() {
 
 const SLOW_WORDS: usize = 30;
 
-fn chunk(content: Option<&str>, finish: Option<&str>) -> String {
-    let delta = match content {
-        Some(c) => json!({"content": c}),
-        None => json!({}),
-    };
-    let body = json!({"id":"chatcmpl-1","object":"chat.completion.chunk",
-        "choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
-    format!("data: {body}\n\n")
-}
-
-async fn slow_completions() -> Response {
-    let stream = futures::stream::unfold(0usize, |i| async move {
-        if i > 0 && i <= SLOW_WORDS {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let data = match i.cmp(&SLOW_WORDS) {
-            std::cmp::Ordering::Less => chunk(Some(&format!("w{i} ")), None),
-            std::cmp::Ordering::Equal => format!("{}data: [DONE]\n\n", chunk(None, Some("stop"))),
-            std::cmp::Ordering::Greater => return None,
-        };
-        Some((Ok::<_, std::io::Error>(data), i + 1))
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
-}
-
 async fn spawn_slow_provider() -> String {
-    let router = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(|_body: String| slow_completions()),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    format!("http://{addr}")
+    let fake =
+        FakeChat::start(|_| Stream::words(SLOW_WORDS, Duration::from_millis(50)).into()).await;
+    fake.url
 }
 
 #[tokio::test]

@@ -1,15 +1,14 @@
 //! The offline retrieval pipeline end to end with the real MiniLM model, FAISS, BM25 and the
 //! PostgreSQL embedding cache, on the small fixture knowledge base.
 
-mod support_rag;
-
 use std::sync::Arc;
 
 use protocol::error::ErrorCode;
 use server::grounding::{AnswerRequest, Answerer, collect_text};
 use server::llm::{REFUSAL, Turn};
 use server::rag::{Rag, RagError};
-use support_rag::{TestDb, config, copy_dir, fixture_kb, standalone};
+use test_support::TestDb;
+use test_support::rag::{config, copy_dir, fixture_kb, standalone};
 
 #[tokio::test]
 async fn offline_answers_come_from_the_knowledge_base_with_sources() {

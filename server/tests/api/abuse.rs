@@ -2,16 +2,14 @@
 //! proxy, sign-up and login throttles, socket caps, resume limits, slow clients, metrics labels,
 //! security headers, expired tokens on sockets, CORS.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
-    Incoming, TestApp, Ws, next_close, next_frame, next_incoming, spawn_app_with, test_config,
-};
 use futures::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use test_support::{
+    Incoming, TestApp, next_close, next_frame, next_incoming, send, spawn_app_with, test_config,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -40,12 +38,6 @@ async fn login_via(app: &TestApp, client: &str, username: &str, password: &str) 
         .await
         .unwrap()
         .status()
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("frame sent");
 }
 
 fn close_code(frame: Option<CloseFrame>) -> u16 {

@@ -1,12 +1,10 @@
 //! The browser chat page: its files and their security headers. The page itself is driven in
 //! headless Chromium by `browser.rs`.
 
-mod common;
-
 use server::web::{CONTENT_SECURITY_POLICY, SECURITY_HEADERS};
 
 /// GETs `path`, asserts 200, the content type and every security header; returns the body.
-async fn fetch_page_file(app: &common::TestApp, path: &str, content_type: &str) -> String {
+async fn fetch_page_file(app: &test_support::TestApp, path: &str, content_type: &str) -> String {
     let response = app.get(path).await;
     assert_eq!(response.status(), 200, "{path}");
     let headers = response.headers();
@@ -24,7 +22,7 @@ async fn fetch_page_file(app: &common::TestApp, path: &str, content_type: &str) 
 
 #[tokio::test]
 async fn the_page_and_its_files_are_served_with_security_headers() {
-    let app = common::spawn_app().await;
+    let app = test_support::spawn_app().await;
     let page = fetch_page_file(&app, "/", "text/html").await;
     assert!(page.contains(r#"<script type="module" src="/static/app.js"></script>"#));
     assert!(page.contains(r#"<link rel="stylesheet" href="/static/app.css">"#));

@@ -1,14 +1,10 @@
 //! Answer feedback over REST and the socket, against the real server and PostgreSQL.
 
-mod common;
-
-use common::{TestApp, Ws, next_frame, spawn_app};
-use futures::SinkExt;
 use protocol::admin::CleanupTrigger;
 use protocol::feedback::{Feedback, Rating};
 use serde_json::{Value, json};
 use server::jobs::cleanup;
-use tokio_tungstenite::tungstenite::Message;
+use test_support::{TestApp, Ws, next_frame, send, spawn_app};
 
 /// Asks over REST; returns (answer message id, conversation id).
 async fn ask_rest(app: &TestApp, token: &str, question: &str) -> (String, String) {
@@ -144,12 +140,6 @@ async fn a_rating_over_rest_is_stored_replaced_and_checked() {
         .unwrap();
     assert_eq!(response.status(), 401);
     app.stop().await;
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .unwrap();
 }
 
 /// Asks on the socket and reads up to `done`; returns the answer's message id.

@@ -1,15 +1,13 @@
 //! Moving from the Django prototype: `import-django` against a Django-shaped database built
 //! here, old password hashes at login, and the prototype's response shapes.
 
-mod common;
-
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 use server::auth::django::make_pbkdf2_sha256;
 use server::import_django::plan::{RowSkip, UserSkip};
 use server::import_django::{Options, Report, import};
 
-use common::*;
+use test_support::*;
 
 /// Django's own test vector (tests/auth_tests/test_hashers.py, Django 4.1).
 const DJANGO_VECTOR: &str =
@@ -27,7 +25,7 @@ async fn django_database() -> (String, tokio_postgres::Client) {
     let url = fresh_database().await;
     let client = server::db::connect(&url).await.expect("django db");
     client
-        .batch_execute(include_str!("fixtures/django/schema.sql"))
+        .batch_execute(include_str!("../fixtures/django/schema.sql"))
         .await
         .expect("django schema");
     (url, client)

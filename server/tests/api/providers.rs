@@ -2,8 +2,6 @@
 //! request shapes, SSE split at awkward byte boundaries, retries, disconnects, blocked prompts,
 //! embeddings batching, and the whole answer pipeline over them.
 
-mod support_rag;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -15,7 +13,9 @@ use server::grounding::{Answerer, collect_text};
 use server::llm::{ChatModel, Chunk, ContextBlock, Prompt, REFUSAL, SYSTEM_INSTRUCTION, Turn};
 use server::upstream::ProviderErrorKind;
 use server::upstream::embedding::EmbedKind;
-use support_rag::{FakeProvider, Reply, TestDb, config, fixture_kb, split_bytes, standalone};
+use test_support::TestDb;
+use test_support::fake::scripted::{FakeProvider, Reply, split_bytes};
+use test_support::rag::{config, fixture_kb, standalone};
 
 const DIM: usize = 768;
 

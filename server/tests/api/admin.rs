@@ -1,12 +1,10 @@
 //! The admin API against the real server and PostgreSQL.
 
-mod common;
-
-use common::{TestApp, next_frame, spawn_app_with};
 use futures::SinkExt;
 use protocol::admin::{AdminEvent, CleanupRun, CleanupTrigger, KbInfo, SessionInfo, Stats};
 use protocol::auth::TokenPair;
 use serde_json::json;
+use test_support::{TestApp, next_frame, spawn_app_with};
 use tokio_tungstenite::tungstenite::Message;
 
 const ADMIN_PASSWORD: &str = "admin password for tests";
@@ -50,7 +48,9 @@ async fn admin_routes_need_the_admin_role() {
 async fn kb_info_and_reload_use_the_embedding_cache() {
     let (app, admin) = spawn_with_admin().await;
     let info: KbInfo = app.get_json("/api/admin/kb", &admin.access).await;
-    let on_disk = std::fs::read_dir(common::fixture("kb")).unwrap().count();
+    let on_disk = std::fs::read_dir(test_support::fixture("kb"))
+        .unwrap()
+        .count();
     assert_eq!(info.documents, on_disk, "every fixture document is loaded");
     assert!(info.chunks >= 3);
 

@@ -1,16 +1,14 @@
 //! Several instances on one database: the admin view and knowledge-base reloads across them.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{TestApp, Ws, next_frame, spawn_app_from};
 use futures::SinkExt;
 use protocol::admin::{AdminEvent, KbInfo, SessionInfo, Stats};
 use server::config::{Config, Secret};
 use server::startup::Application;
+use test_support::{TestApp, Ws, next_frame, spawn_app_from};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
@@ -21,7 +19,7 @@ const CLUSTER_WAIT: Duration = Duration::from_secs(15);
 
 /// Test settings with a bootstrap admin and a fast heartbeat (1 s, stale after 3 s).
 async fn cluster_config() -> Config {
-    let mut config = common::test_config().await;
+    let mut config = test_support::test_config().await;
     config.admin_username = Some("boss".into());
     config.admin_password = Some(Secret::new(ADMIN_PASSWORD));
     config.instance_heartbeat_secs = 1;
@@ -285,7 +283,7 @@ impl KillableApp {
 /// A fresh copy of the fixture knowledge base, which a test may change.
 fn temp_kb_copy() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sct-kb-{}", Uuid::new_v4().simple()));
-    copy_dir(&common::fixture("kb"), &dir);
+    copy_dir(&test_support::fixture("kb"), &dir);
     dir
 }
 
@@ -330,7 +328,9 @@ async fn an_admin_disconnects_a_session_on_another_instance_with_a_reason() {
         )
         .await;
     assert_eq!(response.status(), 202);
-    let close = common::next_close(&mut chat).await.expect("a close frame");
+    let close = test_support::next_close(&mut chat)
+        .await
+        .expect("a close frame");
     assert_eq!(u16::from(close.code), protocol::ws::CLOSE_DISCONNECTED);
     assert_eq!(close.reason.as_str(), "please use the new app");
 
@@ -343,7 +343,9 @@ async fn an_admin_disconnects_a_session_on_another_instance_with_a_reason() {
         )
         .await;
     assert_eq!(response.status(), 202);
-    let close = common::next_close(&mut local).await.expect("a close frame");
+    let close = test_support::next_close(&mut local)
+        .await
+        .expect("a close frame");
     assert_eq!(u16::from(close.code), protocol::ws::CLOSE_DISCONNECTED);
     assert_eq!(close.reason.as_str(), "disconnected by an administrator");
 

@@ -5,20 +5,17 @@
 //!
 //! Timings are printed (`--nocapture`) for BENCHMARKS.md; the assertions are about behaviour.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::response::Response;
-use common::{TestApp, Ws, next_frame, spawn_app_from, test_config};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
+use test_support::fake::chat::{ChatReply, FakeChat, Stream};
+use test_support::{TestApp, Ws, free_port, next_frame, spawn_app_from, test_config};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -49,14 +46,6 @@ fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A PostgreSQL cluster of this test alone: created, started, stopped and removed by it.
@@ -211,28 +200,7 @@ impl Fake {
     }
 }
 
-fn chunk(content: Option<&str>, finish: Option<&str>) -> String {
-    let delta = match content {
-        Some(c) => json!({"content": c}),
-        None => json!({}),
-    };
-    let body = json!({"id":"chatcmpl-1","object":"chat.completion.chunk",
-        "choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
-    format!("data: {body}\n\n")
-}
-
-fn refusal(status: u16) -> Response {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("retry-after", "1")
-        .body(Body::from(
-            r#"{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}"#,
-        ))
-        .unwrap()
-}
-
-async fn completions(fake: Arc<Fake>) -> Response {
+fn completions(fake: &Fake) -> ChatReply {
     let n = fake.calls.fetch_add(1, Ordering::SeqCst) + 1;
     let mode = fake.mode();
     let refuse = match mode {
@@ -242,47 +210,21 @@ async fn completions(fake: Arc<Fake>) -> Response {
     };
     if let Some(status) = refuse {
         fake.refused.fetch_add(1, Ordering::SeqCst);
-        return refusal(status);
+        return ChatReply::overloaded(status);
     }
-    let (words, pause) = match mode {
-        Mode::Slow => (25usize, Duration::from_millis(300)),
-        _ => (3, Duration::ZERO),
-    };
-    let stream = futures::stream::unfold(0usize, move |i| async move {
-        if i > 0 && i <= words && !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-        let data = if i < words {
-            chunk(Some(&format!("w{i} ")), None)
-        } else if i == words {
-            let usage = json!({"id":"chatcmpl-1","choices":[],
-                "usage":{"prompt_tokens":11,"completion_tokens":words,"total_tokens":11 + words}});
-            format!(
-                "{}data: {usage}\n\ndata: [DONE]\n\n",
-                chunk(None, Some("stop"))
-            )
-        } else {
-            return None;
-        };
-        Some((Ok::<_, std::io::Error>(data), i + 1))
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
+    match mode {
+        Mode::Slow => Stream::words(25, Duration::from_millis(300)),
+        _ => Stream::words(3, Duration::ZERO),
+    }
+    .usage(11)
+    .into()
 }
 
 async fn spawn_fake() -> (String, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
     let shared = Arc::clone(&fake);
-    let router = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move || completions(Arc::clone(&shared))),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (format!("http://{addr}"), fake)
+    let chat = FakeChat::start(move |_| completions(&shared)).await;
+    (chat.url, fake)
 }
 
 fn use_fake(config: &mut Config, url: &str) {
@@ -374,7 +316,7 @@ async fn an_answer_in_flight_survives_a_database_outage_and_service_recovers_wit
     let cluster = PgCluster::create(Vec::new(), None).await;
     let (fake_url, fake) = spawn_fake().await;
     let mut config = test_config().await;
-    common::drop_database(&config.database_url).await;
+    test_support::drop_database(&config.database_url).await;
     config.database_url = cluster.url("support_chat", "");
     use_fake(&mut config, &fake_url);
     config.db_pool_wait_secs = 2;
@@ -503,7 +445,7 @@ async fn an_answer_in_flight_survives_a_database_outage_and_service_recovers_wit
 
 /// The chat server binary, as cargo built it.
 fn server_binary(port: u16, database_url: &str, fake_url: &str) -> Command {
-    let mut cmd = common::server_process(
+    let mut cmd = test_support::server_process(
         env!("CARGO_BIN_EXE_chat-server"),
         port,
         database_url,
@@ -517,7 +459,7 @@ fn server_binary(port: u16, database_url: &str, fake_url: &str) -> Command {
 async fn kill_9_mid_answer_then_restart_leaves_no_pending_answer() {
     let (fake_url, fake) = spawn_fake().await;
     fake.set(Mode::Slow);
-    let database_url = common::fresh_database().await;
+    let database_url = test_support::fresh_database().await;
     let client = reqwest::Client::new();
 
     let port = free_port();
@@ -616,7 +558,7 @@ async fn kill_9_mid_answer_then_restart_leaves_no_pending_answer() {
     second.start_kill().unwrap();
     second.wait().await.unwrap();
     drop(db);
-    common::drop_database(&database_url).await;
+    test_support::drop_database(&database_url).await;
 }
 
 /// A CA and a server certificate for `names` (subjectAltName entries), made with openssl.
@@ -778,7 +720,7 @@ async fn sslmode_is_honoured_against_a_tls_only_cluster() {
 
     // The whole service over TLS: database creation, migrations, pool, LISTEN, outbox.
     let mut config = test_config().await;
-    common::drop_database(&config.database_url).await;
+    test_support::drop_database(&config.database_url).await;
     config.database_url = cluster.url("support_chat", "sslmode=require");
     let app = spawn_app_from(config).await;
     let tokens = app.user_tokens("tls").await;

@@ -1,14 +1,12 @@
 //! Knowledge gaps against the real server, PostgreSQL and the local MiniLM embedder: refused
 //! and rated-down questions grouped by meaning and ranked by size × recency.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestApp, spawn_app_with};
 use protocol::auth::TokenPair;
 use protocol::gaps::{GapReason, GapsReport};
 use serde_json::{Value, json};
+use test_support::{TestApp, spawn_app_with};
 
 const ADMIN_PASSWORD: &str = "admin password for tests";
 

@@ -1,15 +1,10 @@
-//! Test harness: the real server on a random port, a fresh PostgreSQL database per test.
-//!
-//! Each test binary includes this with `mod common;` (`support_rag` and the admin console's
-//! tests through `#[path]`). Not every binary uses every helper.
-#![allow(dead_code)]
+//! The real server for a test: in-process on a random port ([`spawn_app`]) with a fresh
+//! database, offline providers and the small fixture knowledge base, or the real `chat-server`
+//! binary as a child process ([`server_process`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Once;
-use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use protocol::auth::TokenPair;
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -17,67 +12,12 @@ use serde_json::{Value, json};
 use server::config::Config;
 use server::startup::Application;
 use server::state::AppState;
-use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// A client websocket to the test server.
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// How long socket reads wait for the next frame before the test fails.
-pub const FRAME_WAIT: Duration = Duration::from_secs(20);
-
-/// The server where test databases are created: `TEST_DATABASE_URL`, else `DATABASE_URL`,
-/// else the local default.
-pub fn admin_database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// Creates an empty database with a unique name and returns its URL.
-pub async fn fresh_database() -> String {
-    let admin_url = admin_database_url();
-    let name = format!("sct_{}", uuid::Uuid::new_v4().simple());
-    let client = server::db::connect(&admin_url)
-        .await
-        .expect("test PostgreSQL reachable (set TEST_DATABASE_URL)");
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create test database");
-    let mut config: tokio_postgres::Config = admin_url.parse().expect("valid admin URL");
-    config.dbname(&name);
-    server::db::url_of(&config)
-}
-
-/// Drops a database made by [`fresh_database`], with any connections still open to it.
-/// Best effort: a test that already passed does not fail over its cleanup.
-pub async fn drop_database(url: &str) {
-    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
-        return;
-    };
-    let Some(name) = config.get_dbname() else {
-        return;
-    };
-    if let Ok(client) = server::db::connect(&admin_database_url()).await {
-        let _ = client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await;
-    }
-}
-
-pub fn workspace_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-pub fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
-}
+use crate::db::fresh_database;
+use crate::ws::Ws;
+use crate::{fixture, workspace_dir};
 
 /// Settings for a test server: a fresh database, a random port, offline providers,
 /// the small fixture knowledge base, a fixed JWT secret.
@@ -294,50 +234,6 @@ impl TestApp {
 /// Sends a test request; failing to reach the server at all fails the test.
 async fn send(request: RequestBuilder) -> reqwest::Response {
     request.send().await.expect("request sent")
-}
-
-/// What a socket read gave: a JSON text frame, or the end of the socket.
-#[derive(Debug)]
-pub enum Incoming {
-    Json(Value),
-    Closed(Option<CloseFrame>),
-}
-
-/// The next text frame as JSON, or the close; other frames are skipped. Fails the test when
-/// nothing comes within [`FRAME_WAIT`].
-pub async fn next_incoming(ws: &mut Ws) -> Incoming {
-    let deadline = Instant::now() + FRAME_WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next())
-            .await
-            .expect("a frame in time")
-        {
-            Some(Ok(Message::Text(text))) => {
-                return Incoming::Json(serde_json::from_str(&text).expect("a JSON frame"));
-            }
-            Some(Ok(Message::Close(frame))) => return Incoming::Closed(frame),
-            Some(Ok(_)) => continue,
-            None | Some(Err(_)) => return Incoming::Closed(None),
-        }
-    }
-}
-
-/// The next text frame as JSON; fails the test when the socket closes instead.
-pub async fn next_frame(ws: &mut Ws) -> Value {
-    match next_incoming(ws).await {
-        Incoming::Json(value) => value,
-        Incoming::Closed(frame) => panic!("socket closed: {frame:?}"),
-    }
-}
-
-/// Reads until the socket closes (skipping any frames before it); the close frame, if one came.
-pub async fn next_close(ws: &mut Ws) -> Option<CloseFrame> {
-    loop {
-        if let Incoming::Closed(frame) = next_incoming(ws).await {
-            return frame;
-        }
-    }
 }
 
 /// The real `chat-server` binary (`bin`: the caller's `env!("CARGO_BIN_EXE_chat-server")`) as a

@@ -5,25 +5,22 @@
 //! The HAProxy test needs Debian's `haproxy` (`scripts/setup.sh` installs it); without it the
 //! test says so and passes, unless `CI` is set, where it fails.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::response::Response;
-use common::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app_from};
-use futures::SinkExt;
 use protocol::admin::{KbInfo, SessionInfo};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider, Secret};
+use test_support::fake::chat::{ChatStats, FakeChat, Stream};
+use test_support::{
+    Incoming, TestApp, Ws, free_port, next_frame, next_incoming, send, spawn_app_from,
+};
 use tokio::process::Command;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
@@ -36,92 +33,23 @@ const SLOW_WORDS: usize = 30;
 
 // ----------------------------------------------------------------------------- a fake provider
 
-/// Requests the fake provider served, and streams it saw dropped before their end.
-#[derive(Default)]
-struct FakeStats {
-    requests: AtomicUsize,
-    dropped: AtomicUsize,
-}
-
-struct StreamGuard {
-    stats: Arc<FakeStats>,
-    completed: bool,
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        if !self.completed {
-            self.stats.dropped.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-fn chunk(content: Option<&str>, finish: Option<&str>) -> String {
-    let delta = match content {
-        Some(c) => json!({"content": c}),
-        None => json!({}),
-    };
-    let body = json!({"id":"chatcmpl-1","object":"chat.completion.chunk",
-        "choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
-    format!("data: {body}\n\n")
-}
-
-/// An OpenAI-compatible streaming reply: "slowly" in the question → [`SLOW_WORDS`] deltas
-/// `pause` apart; anything else → three quick deltas.
-async fn completions(stats: Arc<FakeStats>, pause: Duration, body: String) -> Response {
-    stats.requests.fetch_add(1, Ordering::SeqCst);
-    let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    let last = request["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_owned();
-    let (words, pause) = if last.contains("slowly") {
-        (SLOW_WORDS, pause)
-    } else {
-        (3, Duration::ZERO)
-    };
-    let guard = StreamGuard {
-        stats,
-        completed: false,
-    };
-    let stream = futures::stream::unfold((0usize, guard), move |(i, mut guard)| async move {
-        if i > 0 && i <= words && !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-        let data = if i < words {
-            chunk(Some(&format!("w{i} ")), None)
-        } else if i == words {
-            guard.completed = true;
-            format!("{}data: [DONE]\n\n", chunk(None, Some("stop")))
+/// An OpenAI-compatible fake: "slowly" in the question → [`SLOW_WORDS`] deltas `pause` apart;
+/// anything else → three quick deltas. Counts requests, and streams dropped before their end.
+async fn spawn_fake(pause: Duration) -> (String, Arc<ChatStats>) {
+    let fake = FakeChat::start(move |call| {
+        if call.last_message().contains("slowly") {
+            Stream::words(SLOW_WORDS, pause).into()
         } else {
-            return None;
-        };
-        Some((Ok::<_, std::io::Error>(data), (i + 1, guard)))
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
-}
-
-async fn spawn_fake(pause: Duration) -> (String, Arc<FakeStats>) {
-    let stats = Arc::new(FakeStats::default());
-    let shared = Arc::clone(&stats);
-    let router = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |body: String| completions(Arc::clone(&shared), pause, body)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (format!("http://{addr}"), stats)
+            Stream::words(3, Duration::ZERO).into()
+        }
+    })
+    .await;
+    (fake.url, fake.stats)
 }
 
 /// Two-instance settings: the fake provider, a fast heartbeat, a bootstrap admin.
 async fn cluster_config(fake_url: &str) -> Config {
-    let mut config = common::test_config().await;
+    let mut config = test_support::test_config().await;
     config.llm_provider = Some(LlmProvider::Openai);
     config.openai_base_url = fake_url.to_owned();
     config.llm_model = Some("fake-model".into());
@@ -158,12 +86,6 @@ async fn chat_at(url: &str, token: &str) -> (Ws, Uuid) {
 
 async fn chat_on(addr: SocketAddr, token: &str) -> Ws {
     chat_at(&format!("ws://{addr}/ws/chat"), token).await.0
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("frame sent");
 }
 
 async fn ask(ws: &mut Ws, id: &str, message: &str) {
@@ -394,7 +316,9 @@ async fn asks_per_minute_and_sockets_per_user_hold_across_instances() {
     let _on_a = chat_on(a.addr, &user.access).await;
     for app in [&a, &b] {
         let mut third = app.ws_connect(&user.access).await;
-        let close = common::next_close(&mut third).await.expect("a close frame");
+        let close = test_support::next_close(&mut third)
+            .await
+            .expect("a close frame");
         assert_eq!(u16::from(close.code), protocol::ws::CLOSE_TOO_MANY_SOCKETS);
     }
     // A closed socket gives its slot back (the lease is returned in the background).
@@ -425,14 +349,6 @@ fn haproxy_binary() -> Option<PathBuf> {
     .iter()
     .map(PathBuf::from)
     .find(|p| p.exists())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// HAProxy on loopback in front of `servers`: round-robin, WebSockets through (HTTP mode
@@ -664,7 +580,7 @@ async fn behind_haproxy_a_dropped_socket_resumes_on_the_other_instance() {
 
 /// The chat server binary as cargo built it, on `port`.
 fn server_binary(port: u16, database_url: &str, fake_url: &str) -> Command {
-    let mut cmd = common::server_process(
+    let mut cmd = test_support::server_process(
         env!("CARGO_BIN_EXE_chat-server"),
         port,
         database_url,
@@ -729,7 +645,7 @@ async fn answer_through_restart(
 async fn a_rolling_restart_mid_answer_completes_every_answer_through_resume() {
     const ANSWERS: usize = 50;
     let (fake, stats) = spawn_fake(Duration::from_millis(150)).await;
-    let database_url = common::fresh_database().await;
+    let database_url = test_support::fresh_database().await;
     let client = reqwest::Client::new();
     let (port_a, port_b) = (free_port(), free_port());
     let (base_a, base_b) = (
@@ -827,5 +743,5 @@ async fn a_rolling_restart_mid_answer_completes_every_answer_through_resume() {
     instance_b.start_kill().unwrap();
     let _ = instance_b.wait().await;
     drop(db);
-    common::drop_database(&database_url).await;
+    test_support::drop_database(&database_url).await;
 }

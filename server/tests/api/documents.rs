@@ -2,15 +2,13 @@
 //! local embedder: upload of each format then a question answered from it, replace, delete,
 //! refused names and bodies, and two instances seeing the same set.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestApp, next_frame, spawn_app_from, spawn_app_with};
 use protocol::admin::{AdminEvent, KbInfo};
 use protocol::documents::{DocumentSource, KbDocument};
 use serde_json::{Value, json};
 use server::config::{Config, Secret};
+use test_support::{TestApp, next_frame, spawn_app_from, spawn_app_with};
 
 const ADMIN_PASSWORD: &str = "admin password for tests";
 
@@ -341,7 +339,7 @@ async fn eventually(what: &str, mut probe: impl AsyncFnMut() -> bool) {
 
 #[tokio::test]
 async fn two_instances_serve_the_same_document_set() {
-    let mut config = common::test_config().await;
+    let mut config = test_support::test_config().await;
     with_admin(&mut config);
     let a = spawn_app_from(config.clone()).await;
     let b = spawn_app_from(config).await;
@@ -392,7 +390,7 @@ async fn two_instances_serve_the_same_document_set() {
     )
     .await;
     assert_eq!(response.status(), 201);
-    let mut config = common::test_config().await;
+    let mut config = test_support::test_config().await;
     with_admin(&mut config);
     config.database_url = a.database_url.clone();
     let c = spawn_app_from(config).await;

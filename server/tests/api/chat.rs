@@ -1,18 +1,17 @@
 //! The chat socket, REST chat, SSE, history and conversations, against the real server and a
 //! real PostgreSQL; providers are the offline one or a fake OpenAI-compatible server on loopback.
 
-mod common;
-
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::response::Response;
-use common::{Incoming, TestApp, Ws, next_frame, next_incoming, spawn_app, spawn_app_with};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider};
+use test_support::fake::chat::{ChatReply, ChatStats, FakeChat, Stream};
+use test_support::{
+    Incoming, TestApp, Ws, next_frame, next_incoming, send, spawn_app, spawn_app_with,
+};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -23,118 +22,31 @@ const WAIT: Duration = Duration::from_secs(20);
 // "slowly" → 40 word deltas, 40 ms apart; "fail before" → a 400 error; "fail midway" → three
 // deltas, then the connection breaks; anything else → three quick deltas.
 
-#[derive(Default)]
-struct FakeStats {
-    requests: AtomicUsize,
-    /// Streams dropped before their end: the server hung up on us.
-    dropped: AtomicUsize,
-    completed: AtomicUsize,
-    /// The body of the latest request.
-    last_request: std::sync::Mutex<Value>,
-}
-
-struct StreamGuard {
-    stats: Arc<FakeStats>,
-    completed: bool,
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        let counter = if self.completed {
-            &self.stats.completed
-        } else {
-            &self.stats.dropped
-        };
-        counter.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn chunk(content: Option<&str>, finish: Option<&str>) -> String {
-    let delta = match content {
-        Some(c) => json!({"content": c}),
-        None => json!({}),
-    };
-    let body = json!({"id":"chatcmpl-1","object":"chat.completion.chunk",
-        "choices":[{"index":0,"delta":delta,"finish_reason":finish}]});
-    format!("data: {body}\n\n")
-}
-
-async fn fake_completions(stats: Arc<FakeStats>, body: String) -> Response {
-    stats.requests.fetch_add(1, Ordering::SeqCst);
-    // Only the last message holds this question (earlier turns may mention others).
-    let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    *stats.last_request.lock().unwrap() = request.clone();
-    let last = request["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_owned();
-    if last.contains("fail before") {
-        return Response::builder()
-            .status(400)
-            .header("content-type", "application/json")
-            .body(Body::from(
-                r#"{"error":{"message":"bad model","type":"invalid_request_error","param":null,"code":null}}"#,
-            ))
-            .unwrap();
-    }
-    let (words, pause, break_after) = if last.contains("slowly") {
-        (40, Duration::from_millis(40), None)
-    } else if last.contains("fail midway") {
-        (10, Duration::from_millis(20), Some(3))
-    } else {
-        (3, Duration::ZERO, None)
-    };
-    let guard = StreamGuard {
-        stats,
-        completed: false,
-    };
-    let stream = futures::stream::unfold((0usize, guard), move |(i, mut guard)| async move {
-        if i > 0 && !pause.is_zero() && i <= words {
-            tokio::time::sleep(pause).await;
-        }
-        if break_after == Some(i) {
-            return Some((Err(std::io::Error::other("upstream broke")), (i + 1, guard)));
-        }
-        let data = if i < words {
-            chunk(Some(&format!("w{i} ")), None)
-        } else if i == words {
-            // The end is written: whatever happens next, this stream was read to its end.
-            guard.completed = true;
-            let usage = json!({"id":"chatcmpl-1","choices":[],
-                "usage":{"prompt_tokens":11,"completion_tokens":words,"total_tokens":11 + words}});
-            format!(
-                "{}data: {usage}\n\ndata: [DONE]\n\n",
-                chunk(None, Some("stop"))
-            )
-        } else {
-            return None;
-        };
-        Some((Ok::<_, std::io::Error>(data), (i + 1, guard)))
-    });
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
-}
-
 /// Starts the fake on loopback; returns its root URL and counters.
-async fn spawn_fake() -> (String, Arc<FakeStats>) {
-    let stats = Arc::new(FakeStats::default());
-    let shared = Arc::clone(&stats);
-    let router = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |body: String| fake_completions(Arc::clone(&shared), body)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (format!("http://{addr}"), stats)
+async fn spawn_fake() -> (String, Arc<ChatStats>) {
+    let fake = FakeChat::start(|call| {
+        let last = call.last_message();
+        if last.contains("fail before") {
+            ChatReply::bad_model()
+        } else if last.contains("slowly") {
+            Stream::words(40, Duration::from_millis(40))
+                .usage(11)
+                .into()
+        } else if last.contains("fail midway") {
+            Stream::words(10, Duration::from_millis(20))
+                .usage(11)
+                .breaking_after(3)
+                .into()
+        } else {
+            Stream::words(3, Duration::ZERO).usage(11).into()
+        }
+    })
+    .await;
+    (fake.url, fake.stats)
 }
 
 /// A server whose answers come from the fake provider.
-async fn spawn_with_fake(adjust: impl FnOnce(&mut Config)) -> (TestApp, Arc<FakeStats>) {
+async fn spawn_with_fake(adjust: impl FnOnce(&mut Config)) -> (TestApp, Arc<ChatStats>) {
     let (url, stats) = spawn_fake().await;
     let app = spawn_app_with(|c| {
         c.llm_provider = Some(LlmProvider::Openai);
@@ -156,12 +68,6 @@ async fn connect_ready(app: &TestApp, token: &str) -> Ws {
     let ready = next_frame(&mut ws).await;
     assert_eq!(ready["type"], "ready", "{ready}");
     ws
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("frame sent");
 }
 
 /// Expects the next frame to be an `error` with this code; returns it.

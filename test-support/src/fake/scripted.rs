@@ -1,10 +1,9 @@
-//! Helpers of the retrieval and provider tests: a fresh database per test, configuration, and a
-//! scriptable fake of the Gemini and OpenAI-compatible HTTP APIs on loopback.
-#![allow(dead_code)]
+//! A scriptable fake of the Gemini and OpenAI-compatible HTTP APIs on loopback: each request
+//! gets the next scripted [`Reply`] (JSON, SSE in chosen byte pieces, silence, an endless
+//! stream), embedding calls optionally an [`EmbedFn`]'s vectors; every request is recorded.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,87 +13,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::StreamExt;
-use server::config::Config;
-use server::grounding::AnswerRequest;
-
-/// The shared harness: one way to make (and drop) a fresh test database.
-#[path = "../common/mod.rs"]
-mod common;
-
-pub fn fixture_kb() -> PathBuf {
-    common::fixture("kb")
-}
-
-pub fn model_dir() -> PathBuf {
-    common::workspace_dir().join("models/all-MiniLM-L6-v2")
-}
-
-/// A database of its own, migrated; dropped by [`TestDb::drop_db`].
-pub struct TestDb {
-    pub url: String,
-    pub pool: deadpool_postgres::Pool,
-}
-
-impl TestDb {
-    pub async fn new() -> Self {
-        let url = common::fresh_database().await;
-        server::db::migrate(&url).await.expect("migrations");
-        let pool = server::db::pool(&url, 4).expect("pool");
-        Self { url, pool }
-    }
-
-    pub async fn drop_db(self) {
-        self.pool.close();
-        common::drop_database(&self.url).await;
-    }
-}
-
-/// A request for `question` asked with no earlier turns.
-pub fn standalone(question: &str) -> AnswerRequest {
-    AnswerRequest {
-        question: question.into(),
-        history: vec![],
-    }
-}
-
-/// Settings with the given flags over test defaults (fixture KB, local model, offline).
-pub fn config(db_url: &str, kb: &Path, extra: &[&str]) -> Config {
-    let mut args: Vec<String> = vec![
-        "chat-server".into(),
-        "--database-url".into(),
-        db_url.into(),
-        "--knowledge-base-dir".into(),
-        kb.display().to_string(),
-        "--model-dir".into(),
-        model_dir().display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let mut config = Config::parse_from(args).expect("config");
-    // The environment must not switch providers under the tests.
-    if !extra.contains(&"--gemini-api-key") {
-        config.gemini_api_key = None;
-    }
-    if !extra.contains(&"--llm-provider") {
-        config.llm_provider = None;
-    }
-    if !extra.contains(&"--embedding-provider") {
-        config.embedding_provider = None;
-    }
-    config
-}
-
-/// A copy of a folder in a fresh temporary directory.
-pub fn copy_dir(from: &Path) -> PathBuf {
-    let to = std::env::temp_dir().join(format!("kb-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
-    to
-}
-
-// ------------------------------------------------------------------------------ fake provider
 
 /// What the fake answers to the next request.
 pub enum Reply {

@@ -1,14 +1,11 @@
 //! The account API and the service's plumbing, against the real server and PostgreSQL.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode as AxumStatus};
-use common::{TestApp, fresh_database, spawn_app, spawn_app_from, spawn_app_with, test_config};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use protocol::auth::TokenPair;
 use reqwest::StatusCode;
@@ -16,6 +13,9 @@ use serde_json::{Value, json};
 use server::auth::{AdminUser, AuthUser};
 use server::error::ApiError;
 use server::startup::Application;
+use test_support::{
+    TestApp, fresh_database, spawn_app, spawn_app_from, spawn_app_with, test_config,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;

@@ -2,23 +2,13 @@
 //! against the real server, PostgreSQL and model. Behaviour only: the figures are in
 //! BENCHMARKS.md (from `chat-bench`), never asserted here.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{next_frame, spawn_app_with, workspace_dir};
-use futures::SinkExt;
 use serde_json::json;
 use server::rag::embed::local::{Batching, LocalEmbedder};
 use server::upstream::embedding::{EmbedKind, Embedder};
-use tokio_tungstenite::tungstenite::Message;
-
-async fn send(ws: &mut common::Ws, frame: serde_json::Value) {
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("frame sent");
-}
+use test_support::{next_frame, send, spawn_app_with, workspace_dir};
 
 #[tokio::test]
 async fn tiny_socket_buffers_still_read_big_frames_and_stream_answers() {

@@ -1,0 +1,45 @@
+//! The test harness of the support-chat workspace, shared by the server's integration tests and
+//! examples and the admin console's tests (a dev-dependency of both; compiled once, not per test
+//! binary).
+//!
+//! - [`app`]: the real server in-process on a random port ([`spawn_app`] and friends), or the
+//!   real `chat-server` binary as a process ([`server_process`]).
+//! - [`db`]: a fresh PostgreSQL database per test ([`fresh_database`], [`TestDb`]).
+//! - [`ws`]: reading and writing the JSON frames of a test socket.
+//! - [`rag`]: settings and data of the retrieval and provider tests.
+//! - [`fake`]: the external services the server talks to, faked on loopback with their real
+//!   wire protocols (the model providers, the mail relay).
+//!
+//! The items most tests use are re-exported here.
+
+pub mod app;
+pub mod db;
+pub mod fake;
+pub mod rag;
+pub mod ws;
+
+use std::path::PathBuf;
+
+pub use app::{TestApp, server_process, spawn_app, spawn_app_from, spawn_app_with, test_config};
+pub use db::{TestDb, admin_database_url, drop_database, fresh_database};
+pub use ws::{FRAME_WAIT, Incoming, Ws, next_close, next_frame, next_incoming, send};
+
+/// The workspace root.
+pub fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A file or folder under the server's test fixtures (`server/tests/fixtures`).
+pub fn fixture(path: &str) -> PathBuf {
+    workspace_dir().join("server/tests/fixtures").join(path)
+}
+
+/// A loopback port that was free a moment ago (bound, then released), for a process or proxy
+/// the test starts itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
