@@ -30,7 +30,7 @@
 //! events of other instances during such a gap (their next snapshot is right again).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -47,6 +47,7 @@ use uuid::Uuid;
 use crate::chat::sessions::SessionRegistry;
 use crate::rag::RagError;
 use crate::state::AppState;
+use crate::sync::lock;
 
 /// The NOTIFY channel of cluster events.
 pub const CHANNEL: &str = "support_chat_events";
@@ -219,14 +220,6 @@ pub fn merge(local: Vec<SessionInfo>, remote: Vec<SessionInfo>) -> Vec<SessionIn
     );
     sessions.sort_by_key(|s| s.connected_at);
     sessions
-}
-
-/// Locks a mutex, recovering the data if a panicking holder poisoned it: each critical section
-/// below leaves the map consistent between statements.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A session change not yet written, the latest per session.
