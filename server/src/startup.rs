@@ -51,7 +51,7 @@ impl Application {
         let answerer = Arc::new(crate::answer::Answerer::start(&config, db.clone()).await?);
 
         // The registry records session changes; the cluster writer puts them in the shared table.
-        let changes = Arc::new(crate::cluster::SessionChanges::default());
+        let changes = Arc::new(crate::chat::session_changes::SessionChanges::default());
         let cluster = Arc::new(crate::cluster::Cluster::new(
             db.clone(),
             crate::cluster::ClusterSettings::from_config(&config),

@@ -19,8 +19,8 @@ use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
 use super::pipeline::AnswerLog;
+use super::session_changes::SessionChanges;
 use super::watchers::{AnswerWatchers, WatchedAnswer};
-use crate::cluster::SessionChanges;
 use crate::sync::lock;
 
 /// How long a finished answer stays resumable.
