@@ -69,7 +69,9 @@ async fn sessions(
     _admin: AdminUser,
     State(state): State<AppState>,
 ) -> ApiResult<Json<Vec<SessionInfo>>> {
-    Ok(Json(cluster::all_sessions(&state).await?))
+    Ok(Json(
+        cluster::all_sessions(&state.cluster, &state.sessions).await?,
+    ))
 }
 
 /// A live session by id, on this instance or another.
@@ -203,7 +205,7 @@ async fn stats(_admin: AdminUser, State(state): State<AppState>) -> ApiResult<Js
         .await?;
     let row = client.query_one(&stmt, &[]).await?;
     drop(client);
-    let live = cluster::all_sessions(&state).await?;
+    let live = cluster::all_sessions(&state.cluster, &state.sessions).await?;
     Ok(Json(Stats {
         users: row.get(0),
         conversations: row.get(1),

@@ -8,8 +8,7 @@
 //!   the others reload their own index (cheap: embeddings are cached in PostgreSQL) and tell
 //!   their own admin subscribers. A reload caused by a notification publishes nothing, so two
 //!   instances never bounce reloads back and forth.
-//! - Live sessions: the [`SessionRegistry`](crate::chat::sessions::SessionRegistry) records
-//!   each open/update/close in [`SessionChanges`] (a coalescing map, so a socket never waits on
+//! - Live sessions: the [`SessionRegistry`] records each open/update/close in [`SessionChanges`] (a coalescing map, so a socket never waits on
 //!   the database); a writer task turns them into rows of `live_sessions` and session events,
 //!   one transaction per batch (notifications are delivered at commit, so a listener that then
 //!   reads the table sees the row). A heartbeat refreshes this instance's rows; rows of
@@ -42,11 +41,12 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use protocol::admin::{AdminEvent, SessionInfo};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::chat::session_changes::SessionChanges;
-use crate::rag::RagError;
-use crate::state::AppState;
+use crate::chat::sessions::SessionRegistry;
+use crate::rag::{Rag, RagError};
 
 pub mod notify;
 mod store;
@@ -80,8 +80,7 @@ pub struct Cluster {
     instance_id: Uuid,
     db: Pool,
     settings: ClusterSettings,
-    /// Session changes waiting for the writer (shared with the
-    /// [`SessionRegistry`](crate::chat::sessions::SessionRegistry)).
+    /// Session changes waiting for the writer (shared with the [`SessionRegistry`]).
     changes: Arc<SessionChanges>,
 }
 
@@ -136,9 +135,12 @@ impl Cluster {
 
 /// Every live session of every instance, oldest first: this instance's from memory, the
 /// others' from the table.
-pub async fn all_sessions(state: &AppState) -> anyhow::Result<Vec<SessionInfo>> {
-    let remote = state.cluster.remote_sessions().await?;
-    Ok(merge(state.sessions.list(), remote))
+pub async fn all_sessions(
+    cluster: &Cluster,
+    sessions: &SessionRegistry,
+) -> anyhow::Result<Vec<SessionInfo>> {
+    let remote = cluster.remote_sessions().await?;
+    Ok(merge(sessions.list(), remote))
 }
 
 /// `local` and `remote` as one list, oldest first; a session in both counts once (the local
@@ -155,35 +157,57 @@ pub fn merge(local: Vec<SessionInfo>, remote: Vec<SessionInfo>) -> Vec<SessionIn
     sessions
 }
 
-/// Runs the cluster side of this instance until `state.shutdown`: the listener, the reloads it
-/// asks for, and the session writer with its heartbeat. At shutdown this instance's rows are
-/// deleted (and their sessions announced closed).
-pub async fn run(state: AppState) {
+/// What the cluster tasks work with besides the [`Cluster`] handle (which holds the pool).
+pub struct TaskInputs {
+    /// Where the `LISTEN` connection connects (a connection of its own, not a pooled one).
+    pub database_url: String,
+    /// This instance's sessions: the rows to write, the admin events to send, the sockets other
+    /// instances ask to close.
+    pub sessions: Arc<SessionRegistry>,
+    /// The knowledge base to reload when another instance says it changed.
+    pub rag: Arc<Rag>,
+    pub shutdown: CancellationToken,
+}
+
+/// Runs the cluster side of this instance until `shutdown`: the listener, the reloads it asks
+/// for, and the session writer with its heartbeat. At shutdown this instance's rows are deleted
+/// (and their sessions announced closed).
+pub async fn run(cluster: Arc<Cluster>, inputs: TaskInputs) {
+    let TaskInputs {
+        database_url,
+        sessions,
+        rag,
+        shutdown,
+    } = inputs;
     // Reload requests from the listener to the reloader; the stored permit coalesces requests
     // that arrive while a reload runs into one more reload.
     let reload = Arc::new(Notify::new());
     let listener = notify::listen(
-        state.config.database_url.clone(),
-        state.cluster.instance_id,
-        state.sessions.event_sender(),
+        database_url,
+        cluster.instance_id,
+        sessions.event_sender(),
         Arc::clone(&reload),
-        Arc::clone(&state.sessions),
-        state.shutdown.clone(),
+        Arc::clone(&sessions),
+        shutdown.clone(),
     );
-    tracing::info!(instance_id = %state.cluster.instance_id, "cluster tasks started");
+    tracing::info!(instance_id = %cluster.instance_id, "cluster tasks started");
     tokio::join!(
         listener,
-        reload_on_request(&state, &reload),
-        write_sessions(&state)
+        reload_on_request(&rag, &sessions, &shutdown, &reload),
+        write_sessions(&cluster, &sessions, &shutdown)
     );
     tracing::info!("cluster tasks stopped");
 }
 
 /// Reloads the knowledge base each time another instance says it changed (several requests
 /// while one reload runs make one more reload), and tells local admin subscribers.
-async fn reload_on_request(state: &AppState, requested: &Notify) {
-    let shutdown = &state.shutdown;
-    let events = state.sessions.event_sender();
+async fn reload_on_request(
+    rag: &Rag,
+    sessions: &SessionRegistry,
+    shutdown: &CancellationToken,
+    requested: &Notify,
+) {
+    let events = sessions.event_sender();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -193,7 +217,7 @@ async fn reload_on_request(state: &AppState, requested: &Notify) {
             // Dropping a reload half-way is safe: the index is swapped only at its end.
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
-                result = state.answerer.rag().reload() => result,
+                result = rag.reload() => result,
             };
             match result {
                 Ok(kb) => {
@@ -219,8 +243,11 @@ async fn reload_on_request(state: &AppState, requested: &Notify) {
 }
 
 /// Writes recorded session changes as they come, heartbeats, and cleans up at shutdown.
-async fn write_sessions(state: &AppState) {
-    let cluster = &state.cluster;
+async fn write_sessions(
+    cluster: &Cluster,
+    sessions: &SessionRegistry,
+    shutdown: &CancellationToken,
+) {
     // At least 100 ms: `interval` refuses zero, and config validation already asks for 1 s.
     let mut heartbeat =
         tokio::time::interval(cluster.settings.heartbeat.max(Duration::from_millis(100)));
@@ -234,9 +261,9 @@ async fn write_sessions(state: &AppState) {
     let mut degraded = false;
     loop {
         let result = tokio::select! {
-            () = state.shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break,
             () = cluster.changes.notified(), if !degraded => flush(cluster).await,
-            _ = heartbeat.tick() => beat(state, &mut resync).await,
+            _ = heartbeat.tick() => beat(cluster, sessions, &mut resync).await,
         };
         match result {
             Ok(()) => degraded = false,
@@ -270,11 +297,14 @@ async fn flush(cluster: &Cluster) -> anyhow::Result<()> {
 
 /// One heartbeat: write what is pending, refresh (or, after trouble, rewrite) this instance's
 /// rows, and delete the rows of instances that stopped beating.
-async fn beat(state: &AppState, resync: &mut bool) -> anyhow::Result<()> {
-    let cluster = &state.cluster;
+async fn beat(
+    cluster: &Cluster,
+    sessions: &SessionRegistry,
+    resync: &mut bool,
+) -> anyhow::Result<()> {
     flush(cluster).await?;
     let client = cluster.db.get().await?;
-    let local = state.sessions.len();
+    let local = sessions.len();
     if !*resync {
         let refreshed = store::refresh_own_rows(&client, cluster.instance_id).await?;
         // Rows missing (deleted as stale while we could not beat, or lost with an unlogged
@@ -285,7 +315,7 @@ async fn beat(state: &AppState, resync: &mut bool) -> anyhow::Result<()> {
     if *resync {
         // Changes recorded after the list is taken are still pending and are written after
         // this, so they are not undone.
-        let live = state.sessions.list();
+        let live = sessions.list();
         store::rewrite_own_rows(&cluster.db, cluster.instance_id, &live).await?;
         *resync = false;
     }
@@ -302,7 +332,7 @@ async fn beat(state: &AppState, resync: &mut bool) -> anyhow::Result<()> {
         );
     }
     // This instance ignores its own notifications: its admin subscribers hear it here.
-    let events = state.sessions.event_sender();
+    let events = sessions.event_sender();
     for event in closed {
         // No admin listening is fine.
         let _ = events.send(event);
