@@ -40,7 +40,6 @@ use uuid::Uuid;
 use super::pipeline::{self, AnswerLog, LogEvent};
 use super::relay::{Reader, SocketLease};
 use super::sessions::{SessionGuard, SessionRegistry, Unauthenticated};
-use super::store;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::extract::ApiWebSocket;
@@ -274,7 +273,7 @@ async fn serve(mut socket: WebSocket, state: AppState, auth: Auth, peer: Peer) {
         }
     };
     let profile = match state.db.get().await {
-        Ok(client) => store::user(&client, user.id).await,
+        Ok(client) => crate::auth::store::user_by_id(&client, user.id).await,
         Err(e) => Err(e.into()),
     };
     let profile = match profile {
