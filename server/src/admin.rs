@@ -32,6 +32,7 @@ use crate::state::AppState;
 
 mod documents;
 mod insight;
+mod store;
 mod watch;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -69,7 +70,9 @@ async fn sessions(
     _admin: AdminUser,
     State(state): State<AppState>,
 ) -> ApiResult<Json<Vec<SessionInfo>>> {
-    Ok(Json(cluster::all_sessions(&state).await?))
+    Ok(Json(
+        cluster::all_sessions(&state.cluster, &state.sessions).await?,
+    ))
 }
 
 /// A live session by id, on this instance or another.
@@ -193,25 +196,17 @@ async fn cleanup_runs(
     responses((status = 200, body = Stats), (status = 403, body = ErrorBody)))]
 async fn stats(_admin: AdminUser, State(state): State<AppState>) -> ApiResult<Json<Stats>> {
     let client = state.db.get().await?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM conversations), \
-                    (SELECT count(*) FROM messages), \
-                    (SELECT count(*) FROM mail_outbox WHERE status = 'pending'), \
-                    (SELECT count(*) FROM mail_outbox WHERE status = 'failed')",
-        )
-        .await?;
-    let row = client.query_one(&stmt, &[]).await?;
+    let counts = store::counts(&client).await?;
     drop(client);
-    let live = cluster::all_sessions(&state).await?;
+    let live = cluster::all_sessions(&state.cluster, &state.sessions).await?;
     Ok(Json(Stats {
-        users: row.get(0),
-        conversations: row.get(1),
-        messages: row.get(2),
+        users: counts.users,
+        conversations: counts.conversations,
+        messages: counts.messages,
         live_sessions: live.len(),
         answering_now: live.iter().map(|s| s.answering).sum(),
-        outbox_pending: row.get(3),
-        outbox_failed: row.get(4),
+        outbox_pending: counts.outbox_pending,
+        outbox_failed: counts.outbox_failed,
     }))
 }
 

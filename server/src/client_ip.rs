@@ -9,14 +9,14 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use ipnet::IpNet;
 
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// The reverse proxies whose forwarding headers are believed.
 #[derive(Debug, Clone, Default)]
@@ -107,7 +107,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
-/// The client's address (see the module doc). Needs the connect info the server inserts.
+/// The client's address (see the module doc). Needs the connect info the server inserts, and
+/// the [`TrustedProxies`] as a sub-state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
@@ -125,16 +126,21 @@ impl ClientIp {
     }
 }
 
-impl FromRequestParts<AppState> for ClientIp {
+impl<S> FromRequestParts<S> for ClientIp
+where
+    S: Send + Sync,
+    Arc<TrustedProxies>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip())
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no connect info on a request")))?;
-        Ok(Self(state.trusted_proxies.client_of(peer, &parts.headers)))
+        let trusted = Arc::<TrustedProxies>::from_ref(state);
+        Ok(Self(trusted.client_of(peer, &parts.headers)))
     }
 }
 

@@ -21,6 +21,7 @@
 //! - [`cluster`]: what instances share through PostgreSQL: live sessions, LISTEN/NOTIFY events.
 //! - [`telemetry`]: logging and metrics.
 //! - [`client_ip`]: the client address behind trusted proxies, as per-address limits count it.
+//! - [`sync`]: the poison-tolerant lock helpers every in-memory structure uses.
 //! - [`throttle`]: counters in PostgreSQL shared by every instance: fixed windows (sign-ups,
 //!   login failures) and a sliding log (asks per minute).
 //! - [`web`]: the browser chat page at `/` and its assets, with the page security headers.
@@ -51,6 +52,7 @@ pub mod markup;
 pub mod rag;
 pub mod startup;
 pub mod state;
+pub mod sync;
 pub mod telemetry;
 pub mod throttle;
 pub mod upstream;

@@ -51,7 +51,7 @@ impl Application {
         let answerer = Arc::new(crate::grounding::Answerer::start(&config, db.clone()).await?);
 
         // The registry records session changes; the cluster writer puts them in the shared table.
-        let changes = Arc::new(crate::cluster::SessionChanges::default());
+        let changes = Arc::new(crate::chat::session_changes::SessionChanges::default());
         let cluster = Arc::new(crate::cluster::Cluster::new(
             db.clone(),
             crate::cluster::ClusterSettings::from_config(&config),
@@ -82,14 +82,42 @@ impl Application {
         state.answerer.rag().on_progress(move |progress| {
             let _ = admin_events.send(protocol::admin::AdminEvent::KbProgress { progress });
         });
-        crate::jobs::start(&state).await?;
+        crate::jobs::start(
+            &state.config,
+            crate::jobs::Runtime {
+                db: state.db.clone(),
+                tasks: state.tasks.clone(),
+                shutdown: state.shutdown.clone(),
+                events: state.sessions.event_sender(),
+                instance_id: state.cluster.instance_id(),
+            },
+        )
+        .await?;
         state.tasks.spawn(crate::telemetry::upkeep(
             state.metrics.clone(),
             state.shutdown.clone(),
         ));
-        state.tasks.spawn(crate::cluster::run(state.clone()));
-        crate::chat::orphans::start(&state).await?;
-        state.tasks.spawn(crate::chat::orphans::run(state.clone()));
+        state.tasks.spawn(crate::cluster::run(
+            Arc::clone(&state.cluster),
+            crate::cluster::TaskInputs {
+                database_url: state.config.database_url.clone(),
+                sessions: Arc::clone(&state.sessions),
+                rag: Arc::clone(state.answerer.rag()),
+                shutdown: state.shutdown.clone(),
+            },
+        ));
+        let stale_after = Duration::from_secs(state.config.instance_stale_secs);
+        crate::chat::orphans::start(&state.db, state.cluster.instance_id(), stale_after).await?;
+        state
+            .tasks
+            .spawn(crate::chat::orphans::run(crate::chat::orphans::Heartbeat {
+                db: state.db.clone(),
+                instance_id: state.cluster.instance_id(),
+                every: Duration::from_secs(state.config.instance_heartbeat_secs),
+                stale_after,
+                relay: Arc::clone(&state.relay),
+                shutdown: state.shutdown.clone(),
+            }));
         state.tasks.spawn(crate::chat::relay::run_sweeper(
             state.db.clone(),
             Duration::from_secs(state.config.instance_stale_secs),

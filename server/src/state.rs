@@ -1,13 +1,18 @@
 //! The one application state every handler receives: pools and shared services, cheap to clone.
+//!
+//! Rooms below the handlers (the auth and client-address extractors, the cluster tasks, the
+//! jobs, the answer writes) never see this type: they take the parts they use, as arguments or
+//! as axum sub-states ([`FromRef`], derived here for every field).
 
 use std::sync::Arc;
 
+use axum::extract::FromRef;
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::TokenService;
+use crate::auth::tokens::TokenService;
 use crate::chat::relay::Relay;
 use crate::chat::sessions::SessionRegistry;
 use crate::client_ip::TrustedProxies;
@@ -15,7 +20,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::grounding::Answerer;
 
-#[derive(Clone)]
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: Pool,

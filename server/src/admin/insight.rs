@@ -7,12 +7,12 @@ use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use protocol::ErrorBody;
 use protocol::admin::{MinuteStats, RecentQuestion, StatsSeries};
-use protocol::chat::MessageStatus;
 use protocol::feedback::{FeedbackEntry, Rating};
 use protocol::gaps::GapsReport;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::store;
 use crate::auth::AdminUser;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
@@ -96,49 +96,10 @@ pub async fn stats_series(
     State(state): State<AppState>,
 ) -> ApiResult<Json<StatsSeries>> {
     let client = state.db.get().await?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT date_trunc('minute', created_at) AS at, \
-                    count(*) FILTER (WHERE role = 'user'), \
-                    percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) \
-                      FILTER (WHERE role = 'assistant'), \
-                    percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) \
-                      FILTER (WHERE role = 'assistant'), \
-                    count(*) FILTER (WHERE role = 'assistant' AND status = 'error' \
-                      AND error_code IN ('provider_unavailable', 'content_blocked')), \
-                    date_trunc('minute', now()) \
-             FROM messages \
-             WHERE created_at >= date_trunc('minute', now()) - make_interval(mins => $1::int) \
-             GROUP BY 1",
-        )
-        .await?;
     let back = (SERIES_MINUTES - 1) as i32;
-    let rows = client.query(&stmt, &[&back]).await?;
-    let now: DateTime<Utc> = match rows.first() {
-        Some(row) => row.get(5),
-        None => {
-            let row = client
-                .query_one("SELECT date_trunc('minute', now())", &[])
-                .await?;
-            row.get(0)
-        }
-    };
-    let found: std::collections::HashMap<DateTime<Utc>, MinuteStats> = rows
-        .iter()
-        .map(|row| {
-            let at: DateTime<Utc> = row.get(0);
-            (
-                at,
-                MinuteStats {
-                    at,
-                    asks: row.get(1),
-                    latency_p50_ms: row.get(2),
-                    latency_p95_ms: row.get(3),
-                    provider_errors: row.get(4),
-                },
-            )
-        })
-        .collect();
+    let (now, busy) = store::minute_stats(&client, back).await?;
+    let found: std::collections::HashMap<DateTime<Utc>, MinuteStats> =
+        busy.into_iter().map(|minute| (minute.at, minute)).collect();
     let minutes = (0..SERIES_MINUTES)
         .rev()
         .map(|back| {
@@ -176,36 +137,7 @@ pub async fn user_questions(
     let user_id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("no such user"))?;
     let limit = query.limit.unwrap_or(10).clamp(1, 100);
     let client = state.db.get().await?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT q.created_at, q.content, a.status, left(a.content, 300) \
-             FROM messages q LEFT JOIN messages a ON a.reply_to = q.id \
-             WHERE q.user_id = $1 AND q.role = 'user' \
-             ORDER BY q.created_at DESC, q.id DESC LIMIT $2",
-        )
-        .await?;
-    let rows = client.query(&stmt, &[&user_id, &limit]).await?;
     Ok(Json(
-        rows.iter()
-            .map(|row| {
-                let status: Option<String> = row.get(2);
-                RecentQuestion {
-                    asked_at: row.get(0),
-                    question: row.get(1),
-                    answer_status: status.as_deref().and_then(status_of),
-                    answer_excerpt: row.get(3),
-                }
-            })
-            .collect(),
+        store::recent_questions(&client, user_id, limit).await?,
     ))
-}
-
-fn status_of(s: &str) -> Option<MessageStatus> {
-    match s {
-        "pending" => Some(MessageStatus::Pending),
-        "complete" => Some(MessageStatus::Complete),
-        "cancelled" => Some(MessageStatus::Cancelled),
-        "error" => Some(MessageStatus::Error),
-        _ => None,
-    }
 }

@@ -6,11 +6,18 @@
 //! - [`django`]: the Django prototype's imported hashes, verified until the next login.
 //! - [`validate`]: username, email and password rules.
 //! - [`store`]: the `users` and `refresh_tokens` tables.
+//!
+//! Nothing here takes the application state whole: the extractors and handlers take the parts
+//! they use as axum sub-states (`Arc<TokenService>`, the pool, the config, the trusted proxies;
+//! see [`routes`]).
+
+use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use deadpool_postgres::Pool;
 use protocol::ErrorBody;
 use protocol::auth::{
     LoginRequest, LogoutRequest, RefreshRequest, Role, SignupRequest, TokenPair, User,
@@ -19,11 +26,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::client_ip::ClientIp;
+use crate::client_ip::{ClientIp, TrustedProxies};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
-use crate::state::AppState;
 use crate::throttle;
 
 pub mod django;
@@ -66,13 +72,17 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-impl FromRequestParts<AppState> for AuthUser {
+impl<S> FromRequestParts<S> for AuthUser
+where
+    S: Send + Sync,
+    Arc<TokenService>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let token =
             bearer_token(&parts.headers).ok_or(ApiError::Unauthorized("missing bearer token"))?;
-        state.tokens.verify_access(token)
+        Arc::<TokenService>::from_ref(state).verify_access(token)
     }
 }
 
@@ -81,12 +91,17 @@ impl FromRequestParts<AppState> for AuthUser {
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
 
-impl FromRequestParts<AppState> for AdminUser {
+impl<S> FromRequestParts<S> for AdminUser
+where
+    S: Send + Sync,
+    Arc<TokenService>: FromRef<S>,
+    Pool: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let user = AuthUser::from_request_parts(parts, state).await?;
-        let client = state.db.get().await?;
+        let client = Pool::from_ref(state).get().await?;
         match store::role_of(&client, user.id).await? {
             Some(Role::Admin) => Ok(Self(AuthUser {
                 role: Role::Admin,
@@ -98,7 +113,16 @@ impl FromRequestParts<AppState> for AdminUser {
     }
 }
 
-pub fn routes() -> OpenApiRouter<AppState> {
+/// The account routes, for any application state that holds the config, the pool, the token
+/// service and the trusted proxies.
+pub fn routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Config>: FromRef<S>,
+    Pool: FromRef<S>,
+    Arc<TokenService>: FromRef<S>,
+    Arc<TrustedProxies>: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(signup))
         .routes(routes!(login))
@@ -125,7 +149,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
     )
 )]
 async fn signup(
-    State(state): State<AppState>,
+    State(config): State<Arc<Config>>,
+    State(db): State<Pool>,
     client_ip: ClientIp,
     ApiJson(body): ApiJson<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
@@ -133,9 +158,8 @@ async fn signup(
     if !problems.is_empty() {
         return Err(ApiError::Validation(problems));
     }
-    let config = &state.config;
     {
-        let client = state.db.get().await?;
+        let client = db.get().await?;
         let mut limits = vec![throttle::Limit {
             key: format!("signup:ip:{}", client_ip.limit_key()),
             max: config.signup_max_per_addr,
@@ -166,7 +190,7 @@ async fn signup(
     // The pooled connection is not held while hashing.
     let password_hash = password::hash(body.password).await?;
 
-    let mut client = state.db.get().await?;
+    let mut client = db.get().await?;
     let tx = client.transaction().await?;
     let user =
         store::insert_user(&tx, &body.username, &body.email, &password_hash, Role::User).await?;
@@ -220,7 +244,9 @@ const BAD_CREDENTIALS: &str = "invalid username or password";
     )
 )]
 async fn login(
-    State(state): State<AppState>,
+    State(config): State<Arc<Config>>,
+    State(db): State<Pool>,
+    State(token_service): State<Arc<TokenService>>,
     client_ip: ClientIp,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<TokenPair>> {
@@ -237,10 +263,10 @@ async fn login(
             "must be at most 1024 bytes long",
         ));
     }
-    let limits = login_limits(&state.config, &body.username, client_ip);
+    let limits = login_limits(&config, &body.username, client_ip);
 
     let (counted, credentials) = {
-        let client = state.db.get().await?;
+        let client = db.get().await?;
         let counted = match throttle::hit(&client, &limits).await? {
             throttle::Verdict::Allowed(counted) => counted,
             throttle::Verdict::Limited { retry_after_secs } => {
@@ -269,7 +295,7 @@ async fn login(
         .map(|h| (h, body.password.clone()));
     let matches = password::verify(body.password, phc).await;
 
-    let client = state.db.get().await?;
+    let client = db.get().await?;
     let user = match (user, matches) {
         (Some(user), Ok(true)) => user,
         (_, Ok(false)) | (None, Ok(true)) => {
@@ -299,21 +325,19 @@ async fn login(
     }
     store::prune_expired_refresh(&client, user.id).await?;
 
-    let refresh = state.tokens.issue_refresh(user.id)?;
+    let refresh = token_service.issue_refresh(user.id)?;
     store::insert_refresh(&client, &refresh, Uuid::new_v4(), user.id).await?;
-    let access = state
-        .tokens
-        .issue_access(user.id, &user.username, user.role)?;
+    let access = token_service.issue_access(user.id, &user.username, user.role)?;
     metrics::counter!("auth_logins_total", "outcome" => "ok").increment(1);
-    Ok(Json(token_pair(&state, access, refresh.token)))
+    Ok(Json(token_pair(&token_service, access, refresh.token)))
 }
 
-fn token_pair(state: &AppState, access: String, refresh: String) -> TokenPair {
+fn token_pair(tokens: &TokenService, access: String, refresh: String) -> TokenPair {
     TokenPair {
         access,
         refresh,
         token_type: "Bearer".to_owned(),
-        expires_in: state.tokens.access_ttl_secs(),
+        expires_in: tokens.access_ttl_secs(),
     }
 }
 
@@ -330,13 +354,14 @@ fn token_pair(state: &AppState, access: String, refresh: String) -> TokenPair {
     )
 )]
 async fn refresh(
-    State(state): State<AppState>,
+    State(db): State<Pool>,
+    State(token_service): State<Arc<TokenService>>,
     ApiJson(body): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<TokenPair>> {
-    let claims = state.tokens.verify_refresh(&body.refresh)?;
+    let claims = token_service.verify_refresh(&body.refresh)?;
     let token_hash = tokens::hash_token(&body.refresh);
 
-    let mut client = state.db.get().await?;
+    let mut client = db.get().await?;
     let tx = client.transaction().await?;
     let row = store::lock_refresh(&tx, &token_hash)
         .await?
@@ -371,14 +396,12 @@ async fn refresh(
         .ok_or(ApiError::Unauthorized("this account no longer exists"))?;
 
     store::mark_refresh_used(&tx, row.id).await?;
-    let next = state.tokens.issue_refresh(user.id)?;
+    let next = token_service.issue_refresh(user.id)?;
     store::insert_refresh(&tx, &next, row.family_id, user.id).await?;
     tx.commit().await?;
 
-    let access = state
-        .tokens
-        .issue_access(user.id, &user.username, user.role)?;
-    Ok(Json(token_pair(&state, access, next.token)))
+    let access = token_service.issue_access(user.id, &user.username, user.role)?;
+    Ok(Json(token_pair(&token_service, access, next.token)))
 }
 
 /// Ends a login: revokes the given refresh token's family. The access token stays valid until
@@ -396,17 +419,18 @@ async fn refresh(
     )
 )]
 async fn logout(
-    State(state): State<AppState>,
+    State(db): State<Pool>,
+    State(token_service): State<Arc<TokenService>>,
     user: AuthUser,
     ApiJson(body): ApiJson<LogoutRequest>,
 ) -> ApiResult<StatusCode> {
-    let claims = state.tokens.verify_refresh_ignoring_expiry(&body.refresh)?;
+    let claims = token_service.verify_refresh_ignoring_expiry(&body.refresh)?;
     if claims.user_id != user.id {
         return Err(ApiError::Forbidden(
             "that refresh token belongs to another account",
         ));
     }
-    let mut client = state.db.get().await?;
+    let mut client = db.get().await?;
     let tx = client.transaction().await?;
     let row = store::lock_refresh(&tx, &tokens::hash_token(&body.refresh))
         .await?

@@ -17,6 +17,7 @@ use argon2::password_hash::phc::{Output, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 use crate::error::ApiError;
+use crate::sync::lock;
 
 /// Accepted password lengths, in bytes.
 pub const MIN_LEN: usize = 8;
@@ -117,10 +118,7 @@ fn work(receiver: &Mutex<Receiver<Job>>) {
     let mut memory = Memory::new();
     loop {
         // The lock is held only to take a job, never while hashing.
-        let job = match receiver.lock() {
-            Ok(receiver) => receiver.recv(),
-            Err(poisoned) => poisoned.into_inner().recv(),
-        };
+        let job = lock(receiver).recv();
         let Ok(job) = job else { return };
         // A panicking job loses its reply (the caller gets a 500), not the worker.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut memory)));

@@ -119,6 +119,7 @@ pub async fn credentials_by_username(
     }))
 }
 
+/// The public view of an account: for a token refresh, and the chat socket's `ready` frame.
 pub async fn user_by_id(db: &impl GenericClient, id: Uuid) -> Result<Option<User>, ApiError> {
     let statement = db
         .prepare_cached("SELECT id, username, email, role, created_at FROM users WHERE id = $1")

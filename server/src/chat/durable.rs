@@ -12,12 +12,20 @@
 //! An answer that is never stored is logged at error level with its message id and counted in
 //! `chat_answer_writes_lost_total`; its question stays in `answers_in_flight` and the orphan
 //! sweep (`chat::orphans`) marks it `interrupted` once this process is gone.
+//!
+//! Both entry points take any state that holds the pool (and, for the retries, the config and
+//! the shutdown token) as sub-states ([`FromRef`]), not the application state itself.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::FromRef;
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+
 use super::store;
+use crate::config::Config;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// First wait after a failed write; doubled per attempt.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -42,14 +50,17 @@ pub(crate) fn is_transient(error: &ApiError) -> bool {
     }
 }
 
-async fn write(state: &AppState, record: &store::AnswerRecord<'_>) -> Result<(), ApiError> {
-    let client = state.db.get().await?;
+async fn write(db: &Pool, record: &store::AnswerRecord<'_>) -> Result<(), ApiError> {
+    let client = db.get().await?;
     store::store_answer(&client, record).await
 }
 
 /// Stores the answer once.
-pub(crate) async fn store_answer(state: &AppState, record: &store::AnswerRecord<'_>) -> FirstWrite {
-    match write(state, record).await {
+pub(crate) async fn store_answer<S>(state: &S, record: &store::AnswerRecord<'_>) -> FirstWrite
+where
+    Pool: FromRef<S>,
+{
+    match write(&Pool::from_ref(state), record).await {
         Ok(()) => FirstWrite::Stored,
         Err(e) if is_transient(&e) => {
             tracing::warn!(
@@ -66,10 +77,17 @@ pub(crate) async fn store_answer(state: &AppState, record: &store::AnswerRecord<
 
 /// Retries the write of an answer whose first attempt failed transiently, until it lands, the
 /// retry window closes, or the shutdown grace period ends. True when stored.
-pub(crate) async fn retry_until_stored(state: &AppState, record: &store::AnswerRecord<'_>) -> bool {
+pub(crate) async fn retry_until_stored<S>(state: &S, record: &store::AnswerRecord<'_>) -> bool
+where
+    Pool: FromRef<S>,
+    Arc<Config>: FromRef<S>,
+    CancellationToken: FromRef<S>,
+{
+    let (db, config) = (Pool::from_ref(state), Arc::<Config>::from_ref(state));
+    let shutdown = CancellationToken::from_ref(state);
     let started = Instant::now();
-    let mut deadline = started + Duration::from_secs(state.config.answer_write_retry_secs);
-    let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+    let mut deadline = started + Duration::from_secs(config.answer_write_retry_secs);
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
     let mut shutting_down = false;
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 1u32;
@@ -83,14 +101,14 @@ pub(crate) async fn retry_until_stored(state: &AppState, record: &store::AnswerR
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             // Leave a second of the grace period for the rest of the shutdown.
-            () = state.shutdown.cancelled(), if !shutting_down => {
+            () = shutdown.cancelled(), if !shutting_down => {
                 shutting_down = true;
                 deadline = deadline.min(Instant::now() + grace.saturating_sub(Duration::from_secs(1)));
                 continue;
             }
         }
         attempts += 1;
-        match write(state, record).await {
+        match write(&db, record).await {
             Ok(()) => break true,
             // Our earlier attempt committed although we did not hear back.
             Err(ApiError::Database(e))

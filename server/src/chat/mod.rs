@@ -12,6 +12,7 @@
 //!   the limits every instance shares (asks per minute, sockets per user).
 //! - [`sessions`]: the live-session registry (admin view and events), the asks-per-minute limit
 //!   and the per-user resume buffers.
+//! - [`session_changes`]: session changes coalesced on their way to the cluster writer.
 //! - [`store`]: the conversation and message queries.
 //! - [`durable`]: the final write of an answer, retried through a database outage.
 //! - [`orphans`]: answers of processes that died become `interrupted`.
@@ -32,6 +33,7 @@ pub mod orphans;
 pub mod pipeline;
 pub mod relay;
 pub mod rest;
+pub mod session_changes;
 pub mod sessions;
 pub mod socket;
 pub(crate) mod store;

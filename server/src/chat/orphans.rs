@@ -12,12 +12,14 @@
 //! A process that was only cut off from the database (not dead) may find its answer swept when
 //! it gets back; its late write then replaces the `interrupted` marker (see `store_answer`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::state::AppState;
+use super::relay::Relay;
 
 /// Rows of instances silent for this long, with nothing left in flight, are deleted.
 const FORGET_INSTANCES_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
@@ -79,22 +81,38 @@ pub async fn sweep(db: &Pool, instance_id: Uuid, stale_after: Duration) -> anyho
 }
 
 /// Registers this process and sweeps once (at start, before serving).
-pub async fn start(state: &AppState) -> anyhow::Result<()> {
-    let instance_id = state.cluster.instance_id();
-    beat(&state.db, instance_id).await?;
-    sweep(&state.db, instance_id, stale_after(state)).await?;
+pub async fn start(db: &Pool, instance_id: Uuid, stale_after: Duration) -> anyhow::Result<()> {
+    beat(db, instance_id).await?;
+    sweep(db, instance_id, stale_after).await?;
     Ok(())
 }
 
-fn stale_after(state: &AppState) -> Duration {
-    Duration::from_secs(state.config.instance_stale_secs)
+/// What the heartbeat works with.
+pub struct Heartbeat {
+    pub db: Pool,
+    /// This process, as the cluster knows it.
+    pub instance_id: Uuid,
+    /// How often to beat and sweep (`INSTANCE_HEARTBEAT_SECS`).
+    pub every: Duration,
+    /// Processes silent for this long are dead (`INSTANCE_STALE_SECS`).
+    pub stale_after: Duration,
+    /// While it still publishes answers, a draining process beats on.
+    pub relay: Arc<Relay>,
+    pub shutdown: CancellationToken,
 }
 
 /// Beats and sweeps every heartbeat until shutdown. Failures (the database away) are logged
 /// once per outage; the next tick tries again.
-pub async fn run(state: AppState) {
-    let instance_id = state.cluster.instance_id();
-    let period = Duration::from_secs(state.config.instance_heartbeat_secs.max(1));
+pub async fn run(heartbeat: Heartbeat) {
+    let Heartbeat {
+        db,
+        instance_id,
+        every,
+        stale_after,
+        relay,
+        shutdown,
+    } = heartbeat;
+    let period = every.max(Duration::from_secs(1));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
@@ -103,9 +121,9 @@ pub async fn run(state: AppState) {
             // A draining instance beats on while its answers are still being published, so
             // readers on other instances do not take them for interrupted (the drain itself
             // is bounded by the shutdown grace period).
-            () = state.shutdown.cancelled(), if !state.shutdown.is_cancelled() => continue,
-            () = tokio::time::sleep(Duration::from_millis(100)), if state.shutdown.is_cancelled() => {
-                if state.relay.publishing() == 0 {
+            () = shutdown.cancelled(), if !shutdown.is_cancelled() => continue,
+            () = tokio::time::sleep(Duration::from_millis(100)), if shutdown.is_cancelled() => {
+                if relay.publishing() == 0 {
                     break;
                 }
                 continue;
@@ -113,8 +131,8 @@ pub async fn run(state: AppState) {
             _ = ticks.tick() => {}
         }
         let result = async {
-            beat(&state.db, instance_id).await?;
-            sweep(&state.db, instance_id, stale_after(&state)).await
+            beat(&db, instance_id).await?;
+            sweep(&db, instance_id, stale_after).await
         }
         .await;
         match result {

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -19,8 +19,9 @@ use tokio::sync::{broadcast, oneshot};
 use uuid::Uuid;
 
 use super::log::AnswerLog;
+use super::session_changes::SessionChanges;
 use super::watchers::{AnswerWatchers, WatchedAnswer};
-use crate::cluster::SessionChanges;
+use crate::sync::lock;
 
 /// How long a finished answer stays resumable.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(60);
@@ -32,14 +33,6 @@ const EVENT_CAPACITY: usize = 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// The window of the asks-per-minute limit.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
-
-/// Locks a mutex, recovering the data if a panicking holder poisoned it: every critical section
-/// here leaves the maps consistent between statements, so the data is still sound.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// An answer kept for `resume` / `cancel`, under the client's ask id.
 type Resumable = (String, Arc<AnswerLog>);

@@ -41,7 +41,6 @@ use super::log::{AnswerLog, LogEvent};
 use super::pipeline;
 use super::relay::{Reader, SocketLease};
 use super::sessions::{SessionGuard, SessionRegistry, Unauthenticated};
-use super::store;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::extract::ApiWebSocket;
@@ -275,7 +274,7 @@ async fn serve(mut socket: WebSocket, state: AppState, auth: Auth, peer: Peer) {
         }
     };
     let profile = match state.db.get().await {
-        Ok(client) => store::user(&client, user.id).await,
+        Ok(client) => crate::auth::store::user_by_id(&client, user.id).await,
         Err(e) => Err(e.into()),
     };
     let profile = match profile {

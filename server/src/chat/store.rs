@@ -343,30 +343,6 @@ pub(crate) async fn delete_conversation(
         > 0)
 }
 
-/// The public view of a user, for the socket's `ready` frame.
-pub(crate) async fn user(
-    client: &impl GenericClient,
-    user_id: Uuid,
-) -> Result<Option<protocol::auth::User>, ApiError> {
-    let query = client
-        .prepare_cached("SELECT id, username, email, role, created_at FROM users WHERE id = $1")
-        .await?;
-    Ok(client.query_opt(&query, &[&user_id]).await?.map(|row| {
-        let role: &str = row.get(3);
-        protocol::auth::User {
-            id: row.get(0),
-            username: row.get(1),
-            email: row.get(2),
-            role: if role == "admin" {
-                protocol::auth::Role::Admin
-            } else {
-                protocol::auth::Role::User
-            },
-            created_at: row.get(4),
-        }
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,43 +10,60 @@
 //! `FOR UPDATE SKIP LOCKED` make that safe with any number of processes.
 
 use anyhow::Context;
+use deadpool_postgres::Pool;
 use protocol::admin::{AdminEvent, CleanupTrigger};
+use tokio::sync::broadcast;
 use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
-use crate::state::AppState;
+use crate::config::Config;
 
 pub mod cleanup;
 pub mod mailer;
 pub mod outbox;
 
-/// Starts the cleanup scheduler and the outbox worker under `state.tasks`; both stop on
-/// `state.shutdown`. Fails on a bad `CLEANUP_SCHEDULE`, `MAILER` or `MAIL_FROM`.
-pub async fn start(state: &AppState) -> anyhow::Result<()> {
-    start_scheduler(state).await?;
+/// What the jobs run with, besides the config.
+pub struct Runtime {
+    pub db: Pool,
+    /// Every job task registers here, so a shutdown waits for it.
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    /// The admin event channel: consoles hear about scheduled runs as they do about manual ones.
+    pub events: broadcast::Sender<AdminEvent>,
+    /// This process, for the sweep of interrupted answers that runs with the cleanup.
+    pub instance_id: Uuid,
+}
 
-    let mailer = mailer::from_config(&state.config)?;
-    state.tasks.spawn(outbox::run_worker(
-        state.db.clone(),
-        state.config.database_url.clone(),
+/// Starts the cleanup scheduler and the outbox worker under `runtime.tasks`; both stop on
+/// `runtime.shutdown`. Fails on a bad `CLEANUP_SCHEDULE`, `MAILER` or `MAIL_FROM`.
+pub async fn start(config: &Config, runtime: Runtime) -> anyhow::Result<()> {
+    start_scheduler(config, &runtime).await?;
+
+    let mailer = mailer::from_config(config)?;
+    runtime.tasks.spawn(outbox::run_worker(
+        runtime.db.clone(),
+        config.database_url.clone(),
         mailer,
         outbox::WorkerSettings::default(),
-        state.shutdown.clone(),
+        runtime.shutdown.clone(),
     ));
     Ok(())
 }
 
-async fn start_scheduler(state: &AppState) -> anyhow::Result<()> {
-    let schedule = state.config.cleanup_schedule.clone();
-    let retention_days = state.config.history_retention_days;
+async fn start_scheduler(config: &Config, runtime: &Runtime) -> anyhow::Result<()> {
+    let schedule = config.cleanup_schedule.clone();
+    let retention_days = config.history_retention_days;
     let (db, tasks, shutdown) = (
-        state.db.clone(),
-        state.tasks.clone(),
-        state.shutdown.clone(),
+        runtime.db.clone(),
+        runtime.tasks.clone(),
+        runtime.shutdown.clone(),
     );
     // Admin consoles hear about scheduled runs as they do about manual ones.
-    let events = state.sessions.event_sender();
-    let instance_id = state.cluster.instance_id();
-    let stale_after = std::time::Duration::from_secs(state.config.instance_stale_secs);
+    let events = runtime.events.clone();
+    let instance_id = runtime.instance_id;
+    let stale_after = std::time::Duration::from_secs(config.instance_stale_secs);
     let job = Job::new_async(schedule.as_str(), move |_id, _scheduler| {
         let (db, shutdown, events) = (db.clone(), shutdown.clone(), events.clone());
         // On the tracker, so a shutdown waits for (and interrupts, between batches) a run.
@@ -95,8 +112,8 @@ async fn start_scheduler(state: &AppState) -> anyhow::Result<()> {
         "history cleanup scheduler started"
     );
 
-    let shutdown = state.shutdown.clone();
-    state.tasks.spawn(async move {
+    let shutdown = runtime.shutdown.clone();
+    runtime.tasks.spawn(async move {
         shutdown.cancelled().await;
         if let Err(e) = scheduler.shutdown().await {
             tracing::warn!(error = %e, "stopping the job scheduler");
