@@ -15,9 +15,12 @@
 //! instant provider: server CPU per chat), `history` (messages seeded with `COPY`, history
 //! pages read), `login` (login bursts: RSS peak and after, throughput), `retrieval` (in-process
 //! FAISS flat vs HNSW over synthetic chunks, recall@10), `answers` (a second server with the
-//! local model and offline answerer: answers/s at 1 and 50 sockets).
+//! local model and offline answerer: answers/s at 1 and 50 sockets), `cleanup` (the history
+//! cleanup deleting expired messages seeded with `COPY` while REST chat goes on: chat latency
+//! before and during the run).
 //! Only loopback addresses are used; every loop is bounded in count and every wait in time.
 
+mod cleanup;
 mod client;
 mod fake;
 mod scenarios;
@@ -43,7 +46,7 @@ use target::{Providers, SpawnOptions, Target};
 )]
 struct Args {
     /// Scenarios to run, comma-separated: idle, streams, rest, history, login, retrieval,
-    /// answers.
+    /// answers, cleanup.
     #[arg(
         long,
         value_delimiter = ',',
@@ -134,6 +137,14 @@ struct Args {
     hnsw_m: usize,
     #[arg(long, default_value_t = 64)]
     ef_search: usize,
+    /// Cleanup: expired messages seeded (deleted by the run), over how many accounts, and the
+    /// REST chat clients running meanwhile.
+    #[arg(long, default_value_t = 1_000_000)]
+    cleanup_messages: usize,
+    #[arg(long, default_value_t = 1000)]
+    cleanup_users: usize,
+    #[arg(long, default_value_t = 8)]
+    cleanup_clients: usize,
     /// Answers (offline server): sockets per run, and questions asked by each socket.
     #[arg(long, value_delimiter = ',', default_value = "1,50")]
     answer_sockets: Vec<usize>,
@@ -159,6 +170,9 @@ impl Args {
         self.retrieval = vec![1000];
         self.dim = 32;
         self.queries = 20;
+        self.cleanup_messages = 400;
+        self.cleanup_users = 4;
+        self.cleanup_clients = 2;
         self.answer_sockets = vec![1];
         self.answers_total = 2;
         self.scenario_timeout_secs = self.scenario_timeout_secs.min(120);
@@ -227,7 +241,7 @@ async fn main() -> anyhow::Result<()> {
     let limit = Duration::from_secs(args.scenario_timeout_secs);
     let mut failures = 0;
 
-    let server_scenarios = ["idle", "streams", "rest", "history", "login"];
+    let server_scenarios = ["idle", "streams", "rest", "history", "login", "cleanup"];
     if server_scenarios.iter().any(|s| wants(s)) {
         let mut target = match &args.url {
             Some(url) => Target::existing(url, args.pid, &admin_db),
@@ -309,6 +323,26 @@ async fn main() -> anyhow::Result<()> {
             jobs.push((
                 "history".to_owned(),
                 Box::pin(scenarios::history(t, users, messages, requests, clients, r)),
+            ));
+        }
+        if wants("cleanup") {
+            let (messages, users, clients) = (
+                args.cleanup_messages,
+                args.cleanup_users,
+                args.cleanup_clients,
+            );
+            // The started server keeps the default retention (HISTORY_RETENTION_DAYS=30)
+            // unless `--server-env` changes it.
+            let retention = extra_env
+                .iter()
+                .find(|(k, _)| k == "HISTORY_RETENTION_DAYS")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(30);
+            jobs.push((
+                "cleanup".to_owned(),
+                Box::pin(cleanup::cleanup_under_load(
+                    t, fs, messages, users, clients, retention, r,
+                )),
             ));
         }
         for (name, job) in jobs {

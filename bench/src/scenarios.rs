@@ -20,7 +20,7 @@ fn mib(kib: u64) -> f64 {
 }
 
 /// The fields every line carries: server memory and CPU over the scenario, machine load.
-fn server_fields(before: ProcSample, after: ProcSample, elapsed: Duration) -> Value {
+pub(crate) fn server_fields(before: ProcSample, after: ProcSample, elapsed: Duration) -> Value {
     let cpu = after.cpu_s - before.cpu_s;
     json!({
         "server_rss_before_mib": mib(before.rss_kib),
@@ -33,7 +33,7 @@ fn server_fields(before: ProcSample, after: ProcSample, elapsed: Duration) -> Va
     })
 }
 
-fn merge(mut a: Value, b: Value) -> Value {
+pub(crate) fn merge(mut a: Value, b: Value) -> Value {
     if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
         a.extend(b);
     }
@@ -350,7 +350,7 @@ pub async fn rest_chat(
     ))
 }
 
-async fn chat_once(
+pub(crate) async fn chat_once(
     http: &reqwest::Client,
     base: &str,
     token: &str,
@@ -498,7 +498,7 @@ pub async fn history(
 }
 
 /// Unix seconds as a PostgreSQL timestamp with time zone (UTC).
-fn timestamp(t: i64) -> String {
+pub(crate) fn timestamp(t: i64) -> String {
     let days = t.div_euclid(86_400);
     let rem = t.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);

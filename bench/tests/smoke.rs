@@ -31,7 +31,7 @@ fn smoke_run_of_every_scenario() {
         .args([
             "--smoke",
             "--scenarios",
-            "idle,streams,rest,history,login,retrieval",
+            "idle,streams,rest,history,login,retrieval,cleanup",
             "--server-log",
         ])
         .arg(std::env::temp_dir().join(format!("chat-bench-smoke-{}.log", std::process::id())))
@@ -73,6 +73,17 @@ fn smoke_run_of_every_scenario() {
     let rest = find("rest_chat");
     assert_eq!(rest["requests"], 10, "{rest}");
     assert!(rest["server_cpu_s"].as_f64().unwrap() > 0.0, "{rest}");
+
+    let cleanup = find("cleanup");
+    assert_eq!(cleanup["messages_seeded"], 400, "{cleanup}");
+    assert!(
+        cleanup["messages_deleted"].as_i64().unwrap() >= 400,
+        "{cleanup}"
+    );
+    assert!(
+        cleanup["chat_baseline"]["requests"].as_u64().unwrap() > 0,
+        "{cleanup}"
+    );
 
     let history = find("history");
     assert_eq!(history["messages"], 200, "{history}");

@@ -100,13 +100,17 @@ impl ApiError {
         }
     }
 
-    /// When to try again, for limits and full queues.
+    /// When to try again: for limits, and for every 503 (a full queue or an exhausted pool is
+    /// a moment's load; an unreachable database or an index still loading takes a little
+    /// longer).
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Self::RateLimited {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
-            Self::Overloaded(_) => Some(1),
+            Self::Overloaded(_) | Self::Pool(_) => Some(1),
+            Self::Unavailable(_) => Some(2),
+            Self::Database(e) if crate::db::faults::is_transient(e) => Some(2),
             _ => None,
         }
     }
@@ -171,3 +175,27 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_503_says_when_to_try_again() {
+        let timeout = deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
+        for error in [
+            ApiError::Overloaded("queue full"),
+            ApiError::Unavailable("not ready"),
+            ApiError::Pool(timeout),
+        ] {
+            assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE, "{error:?}");
+            let response = error.into_response();
+            let retry = response.headers().get(header::RETRY_AFTER);
+            assert!(retry.is_some(), "503 without Retry-After");
+        }
+        assert_eq!(
+            ApiError::Internal(anyhow::anyhow!("x")).retry_after_secs(),
+            None
+        );
+    }
+}
