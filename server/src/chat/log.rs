@@ -3,7 +3,7 @@
 //! task in [`super::pipeline`] appends to it; the socket, REST/SSE, the relay and the admin watch
 //! read it.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::chat::{Done, Source};
@@ -11,6 +11,8 @@ use protocol::error::ErrorCode;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use uuid::Uuid;
+
+use crate::sync::lock;
 
 /// Something that happened to an answer, in order. `Done` and `Rejected` end the log.
 /// Serialized (as JSON) only to relay an answer to other instances ([`super::relay`]).
@@ -58,13 +60,6 @@ pub struct AnswerLog {
     version: watch::Sender<usize>,
     /// Cancelled by a `cancel` frame: the generating task drops the provider stream.
     cancel: CancellationToken,
-}
-
-fn lock(mutex: &Mutex<LogState>) -> MutexGuard<'_, LogState> {
-    // A poisoned log still holds a consistent prefix of events.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl AnswerLog {

@@ -12,6 +12,7 @@ use faiss::index::{ConcurrentIndex, IndexImpl, TryClone};
 use faiss::{Index, MetricType, index_factory};
 
 use super::loader::ChunkData;
+use crate::sync;
 
 /// Past this many chunks an approximate (HNSW) index replaces exact search (default of
 /// `RAG_HNSW_THRESHOLD`). Below it an exact scan is a few milliseconds at most (BENCHMARKS.md:
@@ -57,15 +58,12 @@ static SETTINGS: std::sync::RwLock<Option<IndexSettings>> = std::sync::RwLock::n
 
 /// Sets the index settings for the loads that follow (start-up).
 pub fn configure(settings: IndexSettings) {
-    *SETTINGS.write().unwrap_or_else(|e| e.into_inner()) = Some(settings);
+    *sync::write(&SETTINGS) = Some(settings);
 }
 
 /// The configured settings, else the defaults.
 pub fn settings() -> IndexSettings {
-    SETTINGS
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .unwrap_or_default()
+    sync::read(&SETTINGS).unwrap_or_default()
 }
 /// Candidates each ranking contributes to the fusion.
 const CANDIDATES: usize = 20;
@@ -154,7 +152,7 @@ impl VectorIndex {
                 let mut guard = replicas.iter().find_map(|r| r.try_lock().ok());
                 if guard.is_none() {
                     let i = next.fetch_add(1, Ordering::Relaxed) % replicas.len();
-                    guard = Some(replicas[i].lock().unwrap_or_else(|e| e.into_inner()));
+                    guard = Some(sync::lock(&replicas[i]));
                 }
                 match guard {
                     Some(mut index) => Index::search(&mut *index, query, k)?,

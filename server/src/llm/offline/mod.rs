@@ -20,6 +20,7 @@ use futures::stream::{self, StreamExt};
 use protocol::chat::Usage;
 
 use super::{ChatModel, ChatStream, Chunk, Prompt};
+use crate::sync;
 use crate::upstream::ProviderError;
 use crate::upstream::embedding::{EmbedKind, Embedder};
 
@@ -68,10 +69,7 @@ impl OfflineChat {
             .ok_or_else(|| ProviderError::unavailable("no question vector"))?;
         let _filling = self.fill.lock().await;
         let missing: Vec<String> = {
-            let cache = self
-                .sentence_vectors
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let cache = sync::lock(&self.sentence_vectors);
             let mut seen = HashSet::new();
             sentences
                 .iter()
@@ -84,10 +82,7 @@ impl OfflineChat {
         } else {
             embedder.embed(&missing, EmbedKind::Document).await?
         };
-        let mut cache = self
-            .sentence_vectors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut cache = sync::lock(&self.sentence_vectors);
         if cache.len() + fresh.len() > SENTENCE_CACHE_MAX {
             cache.clear();
         }

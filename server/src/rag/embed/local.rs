@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::LOCAL_THRESHOLD;
+use crate::sync;
 use crate::upstream::ProviderError;
 use crate::upstream::embedding::{EmbedKind, Embedder, normalize};
 
@@ -167,7 +168,7 @@ fn embed_worker(
     loop {
         let batch = {
             // Held while gathering: the other workers wait for the next batch meanwhile.
-            let receiver = receiver.lock().unwrap_or_else(|e| e.into_inner());
+            let receiver = sync::lock(receiver);
             let Ok(first) = receiver.recv() else { return };
             let mut texts = first.texts.len();
             let mut batch = vec![first];

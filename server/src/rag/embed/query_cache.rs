@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use crate::sync;
 use crate::upstream::ProviderError;
 use crate::upstream::embedding::{EmbedKind, Embedder};
 
@@ -55,14 +56,14 @@ impl Embedder for QueryCache {
                 return self.inner.embed(texts, kind).await;
             }
             let known: Option<Vec<Vec<f32>>> = {
-                let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                let cache = sync::lock(&self.cache);
                 texts.iter().map(|t| cache.get(t).cloned()).collect()
             };
             if let Some(vectors) = known {
                 return Ok(vectors);
             }
             let vectors = self.inner.embed(texts, kind).await?;
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = sync::lock(&self.cache);
             if cache.len() + texts.len() > QUERY_CACHE_MAX {
                 cache.clear();
             }
