@@ -1,5 +1,8 @@
 //! Typed configuration, parsed once at start (flags or environment, `.env` honoured) and
 //! validated before anything else runs. Nothing below this module reads the environment.
+//!
+//! Why one file: every setting, its flag, environment name, default and validation in one place, so
+//! the README's settings table and this file can be read side by side.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -31,6 +31,24 @@
 //! - [`eval`]: `chat-server eval`, the whole answer pipeline scored on question sets, and the
 //!   calibration of the relevance decision.
 //! - [`gaps`]: per-question retrieval signals and the knowledge-gaps report (grouped by meaning).
+//!
+//! # Floors
+//! Every module-level `use` runs down this list, never up or around (`tests/api/layout.rs`
+//! fails on an import circle between files):
+//!
+//! ```text
+//! admin                          the admin API (handlers, its store, the live socket)
+//! http · startup · gaps          router and start-up; the gaps report
+//! state                          AppState: imports the rooms below, none imports it back
+//! cluster                        instances sharing sessions and events through PostgreSQL
+//! chat · eval                    sockets, REST, the answer pipeline and log; the eval runner
+//! grounding · import_django      retrieval + prompt → model stream; the Django import
+//! auth · llm · rag               accounts; chat models; knowledge base and retrieval
+//! upstream · db · client_ip · extract · jobs · telemetry · throttle
+//! config · error · markup · sync · web
+//! ```
+//! `chat`'s handlers (`rest`, `socket`) stand above `state`; its rooms that `state` holds
+//! (`sessions`, `relay`) stand below it.
 
 pub mod admin;
 pub mod auth;

@@ -10,6 +10,10 @@
 //! Nothing here takes the application state whole: the extractors and handlers take the parts
 //! they use as axum sub-states (`Arc<TokenService>`, the pool, the config, the trusted proxies;
 //! see [`routes`]).
+//!
+//! Why one file: the account endpoints and the extractors that check their tokens are one contract
+//! (what a token proves, how every route asks for it); hashing, tokens, validation and storage are
+//! the rooms below.
 
 use std::sync::Arc;
 

@@ -33,6 +33,10 @@
 //!
 //! [`sweep`] deletes finished streams older than the resume window, idle rate logs and leases of
 //! dead instances; every instance runs it on a timer ([`run_sweeper`]).
+//!
+//! Why one file: publishing an answer (register, batched writes), reading it back from another
+//! instance (`RemoteCursor`) and sweeping old rows all speak the same two tables and sequence
+//! numbers; the shared socket leases ride on the same pool and sweeper.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -11,6 +11,10 @@
 //! Answers asked here are also published to [`super::relay`], so a `resume` or `cancel` sent to
 //! any instance reaches them; a `resume` this instance has no buffer for is read from there. On
 //! server shutdown sockets close with 1012 ("service restart"): reconnect elsewhere and resume.
+//!
+//! Why one file: one connection's design (authenticate, split into reader, writer and followers,
+//! heartbeat, expiry, shutdown) — the connection task and the frames it handles are read together;
+//! the answer log, the pipeline, the relay and the sessions are rooms of their own.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

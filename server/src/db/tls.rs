@@ -16,6 +16,10 @@
 //! or `system`. Client certificates (`sslcert`, `sslkey`) are refused with a clear message.
 //! The crypto provider is rustls' `ring`, named explicitly so that the process-wide default
 //! (unset, since two providers are compiled in through other crates) does not matter.
+//!
+//! Why one file: one concern, the `sslmode` table above and the connector that implements it
+//! (URL reading, root loading, the two verifiers); split apart, each row of the table would live in
+//! two places.
 
 use std::future::Future;
 use std::io;

@@ -16,6 +16,9 @@
 //! - [`plan`]: the pure decisions (which users, which rows, where conversations split).
 //! - [`source`]: reading the Django database.
 //! - [`target`]: writing here.
+//!
+//! Why one file: the import run itself (options, batches, one transaction per user batch, the
+//! report); reading the source, planning and writing the target are already rooms of their own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -24,6 +24,10 @@
 //! The worker wakes on `NOTIFY mail_outbox` (sent by the enqueuing transaction, delivered at
 //! its commit) and also polls, because notifications sent while the listening connection is
 //! down are lost.
+//!
+//! Why one file: the delivery guarantee below is one transaction (claim, send, mark or reschedule)
+//! plus the worker loop that runs it; splitting the SQL from the loop would separate the lock from
+//! the code that relies on it.
 
 use std::sync::Arc;
 use std::time::Duration;

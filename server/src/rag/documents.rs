@@ -11,6 +11,9 @@
 //! reload rather than refusing); if the rebuild fails, the change is undone and the old index
 //! keeps serving. Text is extracted before anything is stored: a document that yields no text
 //! is refused and changes nothing.
+//!
+//! Why one file: one change protocol (validate, store, rebuild, undo on failure) under the reload
+//! lock, with the folder/table overlay it applies; the steps share the lock and the undo.
 
 use std::collections::HashMap;
 use std::path::Path;

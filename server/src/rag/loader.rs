@@ -2,6 +2,9 @@
 //! that follow the documents' structure (headings of Markdown, HTML and plain text; paragraphs,
 //! lists and question/answer pairs kept whole), bounded in size, each with its document path
 //! and heading trail; only a paragraph too long for one chunk is cut, with a little overlap.
+//!
+//! Why one file: one pipeline, files → blocks → chunks; the three formats differ only in how they
+//! find blocks, and the size bound, overlap and heading trail are shared by all of them.
 
 use std::path::{Path, PathBuf};
 

@@ -9,6 +9,10 @@
 //! - `documents`: documents stored through the admin API, laid over the folder.
 //! - `index`: FAISS + BM25 and their fusion.
 //! - `progress`: where loads report how far they have got (the admin event socket).
+//!
+//! Why one file: the `Rag` handle's one lifecycle (load, swap, reload lock, search, gap signals over
+//! the loaded set); every step reads and replaces the same loaded state, and the parts with a life of
+//! their own (loading, embedding, indexing, documents) are already rooms below it.
 
 pub mod cache;
 pub mod documents;

@@ -14,6 +14,7 @@ mod faults;
 mod feedback;
 mod gaps;
 mod jobs;
+mod layout;
 mod live_answers;
 mod providers;
 mod rag;
