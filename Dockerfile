@@ -29,6 +29,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY protocol protocol
 COPY server server
 COPY admin-tui admin-tui
+COPY bench bench
 COPY test-support test-support
 COPY migrations migrations
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
