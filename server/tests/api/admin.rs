@@ -68,6 +68,62 @@ async fn kb_info_and_reload_use_the_embedding_cache() {
 }
 
 #[tokio::test]
+async fn a_cleanup_whose_caller_gives_up_still_finishes() {
+    let (app, admin) = spawn_with_admin().await;
+    app.user_tokens("oldtimer").await;
+    let db = app.db().await;
+    // 20,000 exchanges from 90 days ago: dozens of delete batches, far longer than the caller
+    // below waits.
+    db.batch_execute(
+        "INSERT INTO conversations (id, user_id, title, created_at, updated_at) \
+         SELECT md5('old')::uuid, id, 'old', now() - interval '90 days', now() - interval '90 days' \
+         FROM users WHERE username = 'oldtimer'; \
+         INSERT INTO messages (id, conversation_id, user_id, role, content, status, created_at) \
+         SELECT md5('q' || i)::uuid, md5('old')::uuid, u.id, 'user', 'old question', 'complete', \
+                now() - interval '90 days' \
+         FROM users u, generate_series(1, 20000) i WHERE u.username = 'oldtimer'; \
+         INSERT INTO messages (id, conversation_id, user_id, role, reply_to, content, status, \
+                               created_at) \
+         SELECT md5('a' || i)::uuid, md5('old')::uuid, u.id, 'assistant', md5('q' || i)::uuid, \
+                'old answer', 'complete', now() - interval '90 days' \
+         FROM users u, generate_series(1, 20000) i WHERE u.username = 'oldtimer'",
+    )
+    .await
+    .unwrap();
+
+    let gave_up = reqwest::Client::new()
+        .post(app.url("/api/admin/cleanup"))
+        .bearer_auth(&admin.access)
+        .timeout(std::time::Duration::from_millis(20))
+        .send()
+        .await;
+    assert!(
+        gave_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the cleanup answered within 20 ms: {gave_up:?}"
+    );
+
+    // The run goes on without its caller, to the end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let run = loop {
+        let runs: Vec<CleanupRun> = app
+            .get_json("/api/admin/cleanup/runs?limit=1", &admin.access)
+            .await;
+        if let Some(run) = runs.into_iter().next().filter(|r| r.finished_at.is_some()) {
+            break run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(run.error, None, "{run:?}");
+    assert_eq!(run.messages_deleted, 40_000, "{run:?}");
+    assert_eq!(run.conversations_deleted, 1, "{run:?}");
+    assert_eq!(app.count("SELECT count(*) FROM messages").await, 0);
+}
+
+#[tokio::test]
 async fn manual_cleanup_is_recorded_and_counted() {
     let (app, admin) = spawn_with_admin().await;
     app.user_tokens("carol").await;
