@@ -119,23 +119,25 @@ impl SessionChanges {
     }
 }
 
+/// A live session for unit tests (here and in `cluster`).
+#[cfg(test)]
+pub(crate) fn sample_session(name: &str) -> SessionInfo {
+    SessionInfo {
+        session_id: Uuid::new_v4(),
+        user_id: Uuid::new_v4(),
+        username: name.to_owned(),
+        connected_at: chrono::Utc::now(),
+        remote_addr: None,
+        user_agent: None,
+        asks: 0,
+        answering: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::sample_session as session;
     use super::*;
-    use chrono::Utc;
-
-    fn session(name: &str) -> SessionInfo {
-        SessionInfo {
-            session_id: Uuid::new_v4(),
-            user_id: Uuid::new_v4(),
-            username: name.to_owned(),
-            connected_at: Utc::now(),
-            remote_addr: None,
-            user_agent: None,
-            asks: 0,
-            answering: 0,
-        }
-    }
 
     #[test]
     fn changes_coalesce_per_session() {

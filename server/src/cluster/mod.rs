@@ -343,20 +343,7 @@ async fn beat(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
-
-    fn session(name: &str) -> SessionInfo {
-        SessionInfo {
-            session_id: Uuid::new_v4(),
-            user_id: Uuid::new_v4(),
-            username: name.to_owned(),
-            connected_at: Utc::now(),
-            remote_addr: None,
-            user_agent: None,
-            asks: 0,
-            answering: 0,
-        }
-    }
+    use crate::chat::session_changes::sample_session as session;
 
     #[test]
     fn merge_lists_each_session_once_oldest_first() {

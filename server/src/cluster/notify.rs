@@ -250,21 +250,7 @@ async fn listen_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
-    use protocol::admin::SessionInfo;
-
-    fn session(name: &str) -> SessionInfo {
-        SessionInfo {
-            session_id: Uuid::new_v4(),
-            user_id: Uuid::new_v4(),
-            username: name.to_owned(),
-            connected_at: Utc::now(),
-            remote_addr: None,
-            user_agent: None,
-            asks: 0,
-            answering: 0,
-        }
-    }
+    use crate::chat::session_changes::sample_session as session;
 
     #[test]
     fn oversized_session_events_are_trimmed_below_the_limit() {
