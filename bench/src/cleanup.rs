@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::client;
 use crate::fake::FakeSettings;
-use crate::scenarios::{chat_once, merge, server_fields, timestamp};
+use crate::scenarios::{chat_once, merge, seed_exchanges, server_fields};
 use crate::stats::{pct, r2};
 use crate::target::Target;
 
@@ -18,8 +18,6 @@ use crate::target::Target;
 const BASELINE: Duration = Duration::from_secs(5);
 /// Longest the cleanup may take before the scenario gives up on it.
 const RUN_LIMIT: Duration = Duration::from_secs(600);
-/// Messages per `COPY` statement while seeding.
-const SEED_BATCH: usize = 200_000;
 
 /// Seeds `messages` messages older than `retention_days` over `users` accounts, then runs
 /// `clients` REST chat loops (the fake answering at once) for a baseline, through
@@ -138,8 +136,8 @@ pub async fn cleanup_under_load(
     ))
 }
 
-/// `messages` question/answer rows dated a day past the retention age, in one conversation
-/// per user. Returns how many were written.
+/// `messages` question/answer rows dated a day past the retention age, over `users` accounts
+/// with one conversation each. Returns how many messages were written.
 async fn seed_expired(
     target: &Target,
     messages: usize,
@@ -147,60 +145,12 @@ async fn seed_expired(
     retention_days: u32,
     run: &str,
 ) -> anyhow::Result<usize> {
-    client::make_users(target, &format!("{run}_old"), users).await?;
-    let db = server::db::connect(&target.database_url).await?;
-    let ids: Vec<uuid::Uuid> = db
-        .query(
-            "SELECT id FROM users WHERE username LIKE $1 ORDER BY username",
-            &[&format!("{run}_old_%")],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    anyhow::ensure!(ids.len() == users, "seeded users missing");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let expired = timestamp(now - (i64::from(retention_days) + 1) * 86_400);
-    let conversations: Vec<uuid::Uuid> = ids.iter().map(|_| uuid::Uuid::new_v4()).collect();
-    let mut rows = String::new();
-    for (user, conversation) in ids.iter().zip(&conversations) {
-        rows.push_str(&format!(
-            "{conversation}\t{user}\texpired\t{expired}\t{expired}\n"
-        ));
-    }
-    client::copy_in(
-        &db,
-        "COPY conversations (id, user_id, title, created_at, updated_at) FROM STDIN",
-        rows.into_bytes(),
-    )
-    .await?;
+    let expired = now - (i64::from(retention_days) + 1) * 86_400;
     let pairs = messages / 2;
-    let mut written = 0;
-    while written < pairs {
-        let end = (written + SEED_BATCH / 2).min(pairs);
-        let mut rows = String::with_capacity((end - written) * 300);
-        for p in written..end {
-            let u = p % users;
-            let (q, a) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-            rows.push_str(&format!(
-                "{q}\t{c}\t{user}\tuser\t\\N\texpired question {p}\tcomplete\t[]\t{expired}\n\
-                 {a}\t{c}\t{user}\tassistant\t{q}\texpired answer {p}: returns are accepted within thirty days of delivery.\tcomplete\t[]\t{expired}\n",
-                c = conversations[u],
-                user = ids[u],
-            ));
-        }
-        client::copy_in(
-            &db,
-            "COPY messages (id, conversation_id, user_id, role, reply_to, content, status, sources, created_at) FROM STDIN",
-            rows.into_bytes(),
-        )
-        .await?;
-        written = end;
-    }
-    db.batch_execute("ANALYZE conversations; ANALYZE messages")
-        .await?;
+    seed_exchanges(target, &format!("{run}_old"), users, pairs, |_| expired).await?;
     Ok(pairs * 2)
 }
 

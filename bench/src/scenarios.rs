@@ -384,63 +384,16 @@ pub async fn history(
     run: &str,
 ) -> anyhow::Result<Value> {
     let seeding = Instant::now();
-    let names = client::make_users(target, &format!("{run}_hist"), users).await?;
-    let db = server::db::connect(&target.database_url).await?;
-    let ids: Vec<uuid::Uuid> = db
-        .query(
-            "SELECT id FROM users WHERE username LIKE $1 ORDER BY username",
-            &[&format!("{run}_hist_%")],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    anyhow::ensure!(ids.len() == users, "seeded users missing");
-    let conversations: Vec<uuid::Uuid> = ids.iter().map(|_| uuid::Uuid::new_v4()).collect();
-    let mut rows = String::new();
-    for (user, conversation) in ids.iter().zip(&conversations) {
-        rows.push_str(&format!(
-            "{conversation}\t{user}\tseeded\t2026-11-01 00:00:00+00\t2026-11-01 00:00:00+00\n"
-        ));
-    }
-    client::copy_in(
-        &db,
-        "COPY conversations (id, user_id, title, created_at, updated_at) FROM STDIN",
-        rows.into_bytes(),
-    )
-    .await?;
-    // Pairs (question, answer), spread over users round-robin, one second apart in time.
+    // Pairs one second apart, ending now.
     let pairs = messages / 2;
-    let batch = 200_000;
-    // One second apart, ending now: within the retention window.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let first_at = now - pairs as i64;
-    let mut written = 0;
-    while written < pairs {
-        let mut rows = String::with_capacity(batch.min(pairs - written) * 300);
-        for p in written..(written + batch).min(pairs) {
-            let u = p % users;
-            let (q, a) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-            let at = timestamp(first_at + p as i64);
-            rows.push_str(&format!(
-                "{q}\t{c}\t{user}\tuser\t\\N\tseeded question {p}\tcomplete\t[]\t{at}\n\
-                 {a}\t{c}\t{user}\tassistant\t{q}\tseeded answer {p}: the parcel ships within two working days from our warehouse.\tcomplete\t[]\t{at}\n",
-                c = conversations[u],
-                user = ids[u],
-            ));
-        }
-        client::copy_in(
-            &db,
-            "COPY messages (id, conversation_id, user_id, role, reply_to, content, status, sources, created_at) FROM STDIN",
-            rows.into_bytes(),
-        )
-        .await?;
-        written = (written + batch).min(pairs);
-    }
-    db.batch_execute("ANALYZE users; ANALYZE conversations; ANALYZE messages")
-        .await?;
+    let names = seed_exchanges(target, &format!("{run}_hist"), users, pairs, |p| {
+        first_at + p as i64
+    })
+    .await?;
     let seed_s = seeding.elapsed().as_secs_f64();
 
     // Read pages of a sample of the users (each login is an argon2 check).
@@ -497,8 +450,76 @@ pub async fn history(
     ))
 }
 
+/// Pairs per `COPY` statement while seeding.
+const SEED_BATCH: usize = 200_000;
+
+/// Accounts `{prefix}_0..users` (see [`client::make_users`]), one conversation each, and `pairs`
+/// question/answer rows spread over them round-robin, written with `COPY`; pair `p` (and a
+/// conversation, with its first pair) is dated `at(p)`, in Unix seconds. Returns the names.
+pub(crate) async fn seed_exchanges(
+    target: &Target,
+    prefix: &str,
+    users: usize,
+    pairs: usize,
+    at: impl Fn(usize) -> i64,
+) -> anyhow::Result<Vec<String>> {
+    let users = users.max(1);
+    let names = client::make_users(target, prefix, users).await?;
+    let db = server::db::connect(&target.database_url).await?;
+    let ids: Vec<uuid::Uuid> = db
+        .query(
+            "SELECT id FROM users WHERE username LIKE $1 ORDER BY username",
+            &[&format!("{prefix}_%")],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    anyhow::ensure!(ids.len() == users, "seeded users missing");
+    let conversations: Vec<uuid::Uuid> = ids.iter().map(|_| uuid::Uuid::new_v4()).collect();
+    let mut rows = String::new();
+    for (u, (user, conversation)) in ids.iter().zip(&conversations).enumerate() {
+        let started = timestamp(at(u));
+        rows.push_str(&format!(
+            "{conversation}\t{user}\tseeded\t{started}\t{started}\n"
+        ));
+    }
+    client::copy_in(
+        &db,
+        "COPY conversations (id, user_id, title, created_at, updated_at) FROM STDIN",
+        rows.into_bytes(),
+    )
+    .await?;
+    let mut written = 0;
+    while written < pairs {
+        let end = (written + SEED_BATCH).min(pairs);
+        let mut rows = String::with_capacity((end - written) * 300);
+        for p in written..end {
+            let u = p % users;
+            let (q, a) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+            let at = timestamp(at(p));
+            rows.push_str(&format!(
+                "{q}\t{c}\t{user}\tuser\t\\N\tseeded question {p}\tcomplete\t[]\t{at}\n\
+                 {a}\t{c}\t{user}\tassistant\t{q}\tseeded answer {p}: the parcel ships within two working days from our warehouse.\tcomplete\t[]\t{at}\n",
+                c = conversations[u],
+                user = ids[u],
+            ));
+        }
+        client::copy_in(
+            &db,
+            "COPY messages (id, conversation_id, user_id, role, reply_to, content, status, sources, created_at) FROM STDIN",
+            rows.into_bytes(),
+        )
+        .await?;
+        written = end;
+    }
+    db.batch_execute("ANALYZE users; ANALYZE conversations; ANALYZE messages")
+        .await?;
+    Ok(names)
+}
+
 /// Unix seconds as a PostgreSQL timestamp with time zone (UTC).
-pub(crate) fn timestamp(t: i64) -> String {
+fn timestamp(t: i64) -> String {
     let days = t.div_euclid(86_400);
     let rem = t.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
