@@ -146,6 +146,11 @@ async fn kb_reload(admin: AdminUser, State(state): State<AppState>) -> ApiResult
 }
 
 /// Runs the history cleanup now (409 if a run is already in progress anywhere).
+///
+/// The run is a task of its own: a caller that disconnects, or a request that outlives
+/// `REQUEST_TIMEOUT_SECS` over a large history, does not cancel it. It finishes (or stops at
+/// shutdown, recorded as interrupted), its record lands in the runs list and the admin socket
+/// hears `cleanup_finished`.
 #[utoipa::path(post, path = "/api/admin/cleanup", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = CleanupRun), (status = 409, body = ErrorBody),
               (status = 403, body = ErrorBody)))]
@@ -154,16 +159,16 @@ async fn run_cleanup(
     State(state): State<AppState>,
 ) -> ApiResult<Json<CleanupRun>> {
     tracing::info!(admin = %admin.0.username, "manual history cleanup requested");
-    let run = cleanup::run(
-        &state.db,
-        state.config.history_retention_days,
-        CleanupTrigger::Manual,
-    )
-    .await?;
-    let _ = state
-        .sessions
-        .event_sender()
-        .send(AdminEvent::CleanupFinished { run: run.clone() });
+    let (db, days) = (state.db.clone(), state.config.history_retention_days);
+    let (events, shutdown) = (state.sessions.event_sender(), state.shutdown.clone());
+    let run = state.tasks.spawn(async move {
+        let run = cleanup::run_until(&db, days, CleanupTrigger::Manual, &shutdown).await?;
+        let _ = events.send(AdminEvent::CleanupFinished { run: run.clone() });
+        Ok::<_, cleanup::CleanupError>(run)
+    });
+    let run = run
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the cleanup task failed: {e}")))??;
     Ok(Json(run))
 }
 

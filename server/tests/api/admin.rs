@@ -72,8 +72,7 @@ async fn a_cleanup_whose_caller_gives_up_still_finishes() {
     let (app, admin) = spawn_with_admin().await;
     app.user_tokens("oldtimer").await;
     let db = app.db().await;
-    // 20,000 exchanges from 90 days ago: dozens of delete batches, far longer than the caller
-    // below waits.
+    // 20,000 exchanges from 90 days ago: dozens of delete batches, a run of a second or more.
     db.batch_execute(
         "INSERT INTO conversations (id, user_id, title, created_at, updated_at) \
          SELECT md5('old')::uuid, id, 'old', now() - interval '90 days', now() - interval '90 days' \
@@ -91,16 +90,36 @@ async fn a_cleanup_whose_caller_gives_up_still_finishes() {
     .await
     .unwrap();
 
-    let gave_up = reqwest::Client::new()
-        .post(app.url("/api/admin/cleanup"))
-        .bearer_auth(&admin.access)
-        .timeout(std::time::Duration::from_millis(20))
-        .send()
-        .await;
-    assert!(
-        gave_up.as_ref().is_err_and(reqwest::Error::is_timeout),
-        "the cleanup answered within 20 ms: {gave_up:?}"
+    // The caller starts the run, and gives up (drops the connection) once it is under way.
+    let url = app.url("/api/admin/cleanup");
+    let token = admin.access.clone();
+    let caller = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .send()
+            .await
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let started = loop {
+        let runs: Vec<CleanupRun> = app
+            .get_json("/api/admin/cleanup/runs?limit=1", &admin.access)
+            .await;
+        if let Some(run) = runs.into_iter().next() {
+            break run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(
+        started.finished_at, None,
+        "the run ended before its caller could give up: {started:?}"
     );
+    caller.abort();
+    assert!(caller.await.is_err_and(|e| e.is_cancelled()));
 
     // The run goes on without its caller, to the end.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
@@ -111,10 +130,13 @@ async fn a_cleanup_whose_caller_gives_up_still_finishes() {
         if let Some(run) = runs.into_iter().next().filter(|r| r.finished_at.is_some()) {
             break run;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run never finished"
-        );
+        if std::time::Instant::now() >= deadline {
+            let runs: serde_json::Value = app
+                .get_json("/api/admin/cleanup/runs?limit=5", &admin.access)
+                .await;
+            let left = app.count("SELECT count(*) FROM messages").await;
+            panic!("the run never finished: {runs}, {left} messages left");
+        }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert_eq!(run.error, None, "{run:?}");
