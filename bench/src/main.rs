@@ -239,28 +239,42 @@ async fn main() -> anyhow::Result<()> {
         extra_env.push((k.to_owned(), v.to_owned()));
     }
     let limit = Duration::from_secs(args.scenario_timeout_secs);
+    // The `--url` server, or a started one with these providers (waiting up to `ready` for it).
+    let open_target = |providers: Providers, ready: Duration| {
+        let (args, admin_db, server_bin, kb_dir, fake_url, extra_env) = (
+            &args,
+            &admin_db,
+            &server_bin,
+            &kb_dir,
+            &fake_url,
+            &extra_env,
+        );
+        async move {
+            match &args.url {
+                Some(url) => Ok(Target::existing(url, args.pid, admin_db)),
+                None => {
+                    Target::spawn(
+                        SpawnOptions {
+                            server_bin,
+                            admin_database_url: admin_db,
+                            kb_dir,
+                            providers,
+                            fake_url,
+                            env: extra_env,
+                            log: &args.server_log,
+                        },
+                        ready,
+                    )
+                    .await
+                }
+            }
+        }
+    };
     let mut failures = 0;
 
     let server_scenarios = ["idle", "streams", "rest", "history", "login", "cleanup"];
     if server_scenarios.iter().any(|s| wants(s)) {
-        let mut target = match &args.url {
-            Some(url) => Target::existing(url, args.pid, &admin_db),
-            None => {
-                Target::spawn(
-                    SpawnOptions {
-                        server_bin: &server_bin,
-                        admin_database_url: &admin_db,
-                        kb_dir: &kb_dir,
-                        providers: Providers::Gemini,
-                        fake_url: &fake_url,
-                        env: &extra_env,
-                        log: &args.server_log,
-                    },
-                    Duration::from_secs(120),
-                )
-                .await?
-            }
-        };
+        let mut target = open_target(Providers::Gemini, Duration::from_secs(120)).await?;
         let idle_start = target.sample();
         emit(json!({
             "scenario": "server_idle",
@@ -362,24 +376,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if wants("answers") {
-        let mut target = match &args.url {
-            Some(url) => Target::existing(url, args.pid, &admin_db),
-            None => {
-                Target::spawn(
-                    SpawnOptions {
-                        server_bin: &server_bin,
-                        admin_database_url: &admin_db,
-                        kb_dir: &kb_dir,
-                        providers: Providers::Offline,
-                        fake_url: &fake_url,
-                        env: &extra_env,
-                        log: &args.server_log,
-                    },
-                    Duration::from_secs(300),
-                )
-                .await?
-            }
-        };
+        let mut target = open_target(Providers::Offline, Duration::from_secs(300)).await?;
         let questions = eval_questions(&kb_dir)?;
         // Warm-up: every question once over one socket, so the answerer's sentence vectors
         // are cached and the runs measure the per-question work.
