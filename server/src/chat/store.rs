@@ -21,82 +21,99 @@ pub(crate) struct StoredQuestion {
     pub history: Vec<Turn>,
 }
 
-/// In one transaction: checks the conversation is the user's (or starts one), reads its last
-/// `history_turns` complete exchanges, and stores the question.
+/// In one statement (one round trip, atomic without a transaction block): checks the
+/// conversation is the user's (or starts one), reads its last `history_turns` complete
+/// exchanges, and stores the question with its `answers_in_flight` row.
 pub(crate) async fn store_question(
-    client: &mut deadpool_postgres::Client,
+    client: &impl GenericClient,
     instance_id: Uuid,
     user_id: Uuid,
     conversation_id: Option<Uuid>,
     question: &str,
     history_turns: usize,
 ) -> Result<StoredQuestion, ApiError> {
-    let tx = client.transaction().await?;
-    let (conversation_id, history) = match conversation_id {
-        Some(id) => {
-            let touch = tx
-                .prepare_cached(
-                    "UPDATE conversations SET updated_at = now() WHERE id = $1 AND user_id = $2",
-                )
-                .await?;
-            if tx.execute(&touch, &[&id, &user_id]).await? == 0 {
-                return Err(ApiError::NotFound("no such conversation"));
-            }
-            let recent = tx
-                .prepare_cached(
-                    "SELECT q.content, a.content FROM messages a JOIN messages q ON q.id = a.reply_to \
-                     WHERE a.conversation_id = $1 AND a.role = 'assistant' AND a.status = 'complete' \
-                     ORDER BY a.created_at DESC, a.id DESC LIMIT $2",
-                )
-                .await?;
-            let limit = i64::try_from(history_turns).unwrap_or(i64::MAX);
-            let mut history: Vec<Turn> = tx
-                .query(&recent, &[&id, &limit])
-                .await?
-                .iter()
-                .map(|row| Turn {
-                    question: row.get(0),
-                    answer: row.get(1),
-                })
-                .collect();
-            history.reverse();
-            (id, history)
-        }
-        None => {
-            let id = Uuid::new_v4();
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO conversations (id, user_id, title) VALUES ($1, $2, $3)",
-                )
-                .await?;
-            tx.execute(&insert, &[&id, &user_id, &title_of(question)])
-                .await?;
-            (id, Vec::new())
-        }
-    };
     let question_id = Uuid::new_v4();
-    let insert = tx
+    let Some(id) = conversation_id else {
+        // The new conversation, the question and its in-flight row: the foreign keys are checked
+        // at the statement's end, when all three rows exist.
+        let id = Uuid::new_v4();
+        let insert = client
+            .prepare_cached(
+                "WITH conversation AS ( \
+                   INSERT INTO conversations (id, user_id, title) VALUES ($1, $2, $3)), \
+                 question AS ( \
+                   INSERT INTO messages (id, conversation_id, user_id, role, content, status) \
+                   VALUES ($4, $1, $2, 'user', $5, 'complete')) \
+                 INSERT INTO answers_in_flight (question_id, instance_id) VALUES ($4, $6)",
+            )
+            .await?;
+        client
+            .execute(
+                &insert,
+                &[
+                    &id,
+                    &user_id,
+                    &title_of(question),
+                    &question_id,
+                    &question,
+                    &instance_id,
+                ],
+            )
+            .await?;
+        return Ok(StoredQuestion {
+            question_id,
+            conversation_id: id,
+            history: Vec::new(),
+        });
+    };
+    // Touches the conversation if it is the user's; only then stores the question. The history
+    // is read from the statement's snapshot, so it never holds the question itself. One row
+    // comes back: whether the conversation was found, and the turns, newest first, as arrays.
+    let ask = client
         .prepare_cached(
-            "INSERT INTO messages (id, conversation_id, user_id, role, content, status) \
-             VALUES ($1, $2, $3, 'user', $4, 'complete')",
+            "WITH touched AS ( \
+               UPDATE conversations SET updated_at = now() \
+               WHERE id = $1 AND user_id = $2 RETURNING id), \
+             question AS ( \
+               INSERT INTO messages (id, conversation_id, user_id, role, content, status) \
+               SELECT $3, id, $2, 'user', $4, 'complete' FROM touched RETURNING id), \
+             in_flight AS ( \
+               INSERT INTO answers_in_flight (question_id, instance_id) \
+               SELECT id, $5 FROM question), \
+             recent AS ( \
+               SELECT q.content AS question, a.content AS answer, a.created_at, a.id \
+               FROM messages a JOIN messages q ON q.id = a.reply_to \
+               WHERE a.conversation_id = (SELECT id FROM touched) AND a.role = 'assistant' \
+                 AND a.status = 'complete' \
+               ORDER BY a.created_at DESC, a.id DESC LIMIT $6) \
+             SELECT EXISTS (SELECT 1 FROM touched), \
+               coalesce((SELECT array_agg(question ORDER BY created_at DESC, id DESC) FROM recent), \
+                        '{}'::text[]), \
+               coalesce((SELECT array_agg(answer ORDER BY created_at DESC, id DESC) FROM recent), \
+                        '{}'::text[])",
         )
         .await?;
-    tx.execute(
-        &insert,
-        &[&question_id, &conversation_id, &user_id, &question],
-    )
-    .await?;
-    // Names this process as the one answering, so the answer can be marked interrupted if
-    // the process dies first (see `chat::orphans`).
-    let in_flight = tx
-        .prepare_cached("INSERT INTO answers_in_flight (question_id, instance_id) VALUES ($1, $2)")
+    let limit = i64::try_from(history_turns).unwrap_or(i64::MAX);
+    let row = client
+        .query_one(
+            &ask,
+            &[&id, &user_id, &question_id, &question, &instance_id, &limit],
+        )
         .await?;
-    tx.execute(&in_flight, &[&question_id, &instance_id])
-        .await?;
-    tx.commit().await?;
+    if !row.try_get::<_, bool>(0)? {
+        return Err(ApiError::NotFound("no such conversation"));
+    }
+    let questions: Vec<String> = row.try_get(1)?;
+    let answers: Vec<String> = row.try_get(2)?;
+    let mut history: Vec<Turn> = questions
+        .into_iter()
+        .zip(answers)
+        .map(|(question, answer)| Turn { question, answer })
+        .collect();
+    history.reverse();
     Ok(StoredQuestion {
         question_id,
-        conversation_id,
+        conversation_id: id,
         history,
     })
 }

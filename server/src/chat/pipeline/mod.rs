@@ -100,9 +100,9 @@ pub(crate) async fn accept(
     conversation_id: Option<Uuid>,
 ) -> Result<Accepted, ApiError> {
     let asked_at = Instant::now();
-    let mut client = db.get().await?;
+    let client = db.get().await?;
     let stored = store::store_question(
-        &mut client,
+        &client,
         instance_id,
         user_id,
         conversation_id,
