@@ -3,7 +3,8 @@
 //! After each answer that ended normally, [`record_later`] stores the question's signals in
 //! `question_signals`, off the answer's path: the question's vector (from the embedder's
 //! question cache, so no second provider call), the best cosine similarity any passage
-//! reached and its document (a retrieval with no threshold), and whether the answer was a
+//! reached and its document (the vector index's nearest chunk: one search, no lexical
+//! ranking), and whether the answer was a
 //! refusal. [`report`] reads the questions of a window that were refused, rated down, or
 //! answered from passages under the weak-grounding bar, and groups them by meaning with
 //! centroid leader clustering at a cosine threshold ([`cluster`], pure and unit-tested): each
@@ -30,9 +31,6 @@ use crate::upstream::embedding::EmbedKind;
 pub const MAX_QUESTIONS: i64 = 5000;
 /// Examples listed per group.
 const EXAMPLES: usize = 5;
-/// Passages scanned to find a question's best similarity (the fused ranking may put the best
-/// cosine below the top few).
-const SCAN_DEPTH: usize = 32;
 /// Recency halves every week by default.
 pub const DEFAULT_HALF_LIFE_HOURS: f64 = 168.0;
 
@@ -98,12 +96,9 @@ async fn record(
         .await?
         .pop()
         .ok_or_else(|| anyhow::anyhow!("the embedder returned no vector"))?;
-    let best = rag
-        .retrieve_above(question, SCAN_DEPTH, f32::NEG_INFINITY)
-        .await?
-        .into_iter()
-        .max_by(|a, b| a.score.total_cmp(&b.score));
     let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let dimension = i32::try_from(vector.len())?;
+    let best = rag.nearest(vector).await?;
     let client = state.db.get().await?;
     let stmt = client
         .prepare_cached(
@@ -113,7 +108,6 @@ async fn record(
              ON CONFLICT (question_id) DO NOTHING",
         )
         .await?;
-    let dimension = i32::try_from(vector.len())?;
     // The question may be gone already (its conversation deleted): then there is nothing to
     // record, and the foreign key says so.
     let result = client
@@ -125,8 +119,8 @@ async fn record(
                 &embedder.model(),
                 &dimension,
                 &bytes,
-                &best.as_ref().map(|b| b.score),
-                &best.as_ref().map(|b| b.document.as_str()),
+                &best.as_ref().map(|(score, _)| *score),
+                &best.as_ref().map(|(_, document)| document.as_str()),
                 &refused,
             ],
         )

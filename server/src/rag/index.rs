@@ -234,6 +234,19 @@ impl KbIndex {
         v.iter().zip(query).map(|(a, b)| a * b).sum()
     }
 
+    /// The chunk most similar to `query_vector` by cosine (the vector index's first hit, exact
+    /// for the flat index) and its similarity: no lexical search, no fusion. Blocking.
+    pub fn nearest(&self, query_vector: &[f32]) -> anyhow::Result<Option<(usize, f32)>> {
+        if self.chunks.is_empty() {
+            return Ok(None);
+        }
+        Ok(self
+            .vector_index
+            .search(query_vector, 1)?
+            .into_iter()
+            .find(|(row, _)| *row < self.chunks.len()))
+    }
+
     /// Hybrid search: vector and BM25 rankings fused by reciprocal rank plus
     /// [`COSINE_WEIGHT`]·cosine; hits under
     /// `threshold` cosine are dropped; at most `k` returned, best first. Blocking.

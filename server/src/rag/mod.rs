@@ -235,6 +235,21 @@ impl Rag {
         }
     }
 
+    /// The passage most similar to `query` (an embedded question) over the whole knowledge base:
+    /// its cosine similarity and document. One vector search, off the async workers, without
+    /// the lexical ranking or the passages' texts (what the knowledge-gap signals need).
+    pub async fn nearest(&self, query: Vec<f32>) -> Result<Option<(f32, String)>, RagError> {
+        let index = Arc::clone(&self.current.load().index);
+        let found = tokio::task::spawn_blocking(move || {
+            index
+                .nearest(&query)
+                .map(|hit| hit.map(|(row, score)| (score, index.chunks[row].document.clone())))
+        })
+        .await
+        .context("the search task failed")??;
+        Ok(found)
+    }
+
     /// [`Rag::retrieve`] with an explicit similarity threshold and no lexical check
     /// (evaluation and tuning).
     pub async fn retrieve_above(

@@ -153,7 +153,27 @@ async fn refused_paraphrases_form_one_group_and_groups_rank_by_size_and_recency(
         refunds.examples[0].comment.as_deref(),
         Some("What about gift cards?")
     );
-    assert!(refunds.best_document.is_some());
+    // The group's best passage is the answer's own best source: the same cosine similarity.
+    let best_source = answered["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by(|a, b| {
+            a["score"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["score"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(
+        refunds.best_document.as_deref(),
+        best_source["document"].as_str()
+    );
+    let best_score = f64::from(refunds.best_score.unwrap());
+    assert!(
+        (best_score - best_source["score"].as_f64().unwrap()).abs() < 1e-4,
+        "{best_score} against {best_source}"
+    );
 
     // The pet questions asked three weeks ago: a week's half-life puts the students first;
     // a very long one puts size first again.
