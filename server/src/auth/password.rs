@@ -5,13 +5,14 @@
 //! flood of signups or logins would start hundreds of threads, each allocating its own 19 MiB
 //! (which the allocator then keeps per thread), and starve the embedder and FAISS of that
 //! pool. Instead every password operation is a job for one of [`HashGate`]'s workers: as many
-//! threads as cores, each owning its memory blocks for good and running at a lower CPU
+//! threads as cores, each reusing its memory blocks from job to job and running at a lower CPU
 //! priority than the async workers (answers keep streaming during a login flood). Jobs wait in
 //! a bounded queue; past it the caller gets a 503 with `Retry-After` at once. A burst costs
 //! queueing, never memory.
 
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use argon2::password_hash::phc::{Output, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -32,6 +33,8 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$n3yUe4HgVhM4ALiHQI8h3A$
 const M_COST: u32 = 19 * 1024;
 /// Stored hashes asking for more memory than this are refused rather than computed.
 const MAX_M_COST: u32 = 256 * 1024;
+/// A worker idle this long gives its memory blocks back.
+const RELEASE_AFTER: Duration = Duration::from_secs(30);
 /// Jobs waiting for a worker when nothing else says how many.
 pub const DEFAULT_QUEUE: usize = 128;
 
@@ -115,13 +118,30 @@ impl HashGate {
 
 fn work(receiver: &Mutex<Receiver<Job>>) {
     lower_priority();
-    let mut memory = Memory::new();
+    // Taken at the first job, not at start (an idle server holds none of it), and given back
+    // after `RELEASE_AFTER` without work: a 19 MiB allocation is its own mapping, which
+    // dropping unmaps.
+    let mut memory: Option<Memory> = None;
     loop {
         // The lock is held only to take a job, never while hashing.
-        let job = lock(receiver).recv();
-        let Ok(job) = job else { return };
+        let job = if memory.is_some() {
+            match lock(receiver).recv_timeout(RELEASE_AFTER) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    memory = None;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            let Ok(job) = lock(receiver).recv() else {
+                return;
+            };
+            job
+        };
+        let memory = memory.get_or_insert_with(Memory::new);
         // A panicking job loses its reply (the caller gets a 500), not the worker.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut memory)));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(memory)));
     }
 }
 
