@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::llm::REFUSAL;
 use crate::state::AppState;
-use crate::upstream::embedding::EmbedKind;
+use crate::upstream::embedding::{EmbedKind, dot};
 
 /// Questions a report looks at, newest first: bounds the clustering's time and memory.
 pub const MAX_QUESTIONS: i64 = 5000;
@@ -145,10 +145,6 @@ pub struct GapQuestion {
     pub best_document: Option<String>,
     pub reasons: Vec<GapReason>,
     pub comment: Option<String>,
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 fn normalized(mut v: Vec<f32>) -> Vec<f32> {

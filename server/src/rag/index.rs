@@ -13,6 +13,7 @@ use faiss::{Index, MetricType, index_factory};
 
 use super::loader::ChunkData;
 use crate::sync;
+use crate::upstream::embedding::dot;
 
 /// Past this many chunks an approximate (HNSW) index replaces exact search (default of
 /// `RAG_HNSW_THRESHOLD`). Below it an exact scan is a few milliseconds at most (BENCHMARKS.md:
@@ -231,7 +232,7 @@ impl KbIndex {
 
     fn cosine(&self, row: usize, query: &[f32]) -> f32 {
         let v = &self.vectors[row * self.dimension..(row + 1) * self.dimension];
-        v.iter().zip(query).map(|(a, b)| a * b).sum()
+        dot(v, query)
     }
 
     /// The chunk most similar to `query_vector` by cosine (the vector index's first hit, exact

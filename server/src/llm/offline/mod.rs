@@ -22,7 +22,7 @@ use protocol::chat::Usage;
 use super::{ChatModel, ChatStream, Chunk, Prompt};
 use crate::sync;
 use crate::upstream::ProviderError;
-use crate::upstream::embedding::{EmbedKind, Embedder};
+use crate::upstream::embedding::{EmbedKind, Embedder, dot};
 
 /// Sentence vectors kept between answers; knowledge-base sentences repeat, questions do not.
 const SENTENCE_CACHE_MAX: usize = 20_000;
@@ -91,11 +91,7 @@ impl OfflineChat {
         }
         Ok(sentences
             .iter()
-            .map(|s| {
-                cache
-                    .get(s)
-                    .map_or(0.0, |v| v.iter().zip(&query).map(|(a, b)| a * b).sum())
-            })
+            .map(|s| cache.get(s).map_or(0.0, |v| dot(v, &query)))
             .collect())
     }
 }
