@@ -110,6 +110,10 @@ pub struct Config {
     /// Maximum pooled database connections.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
+    /// Pooled connections opened at start (default: all `DB_POOL_SIZE`), so the first burst
+    /// of questions does not wait on connects and TLS handshakes.
+    #[arg(long, env = "DB_POOL_WARM")]
+    pub db_pool_warm: Option<usize>,
     /// Listen address (port 0 picks a free port).
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8000")]
     pub bind_addr: SocketAddr,

@@ -54,6 +54,19 @@ pub fn pool_with(url: &str, max_size: usize, timeouts: &DbTimeouts) -> anyhow::R
         .context("building the database pool")
 }
 
+/// Opens up to `n` of the pool's connections (at most its size) at once and returns them to it,
+/// so the first requests after a start find them ready. A connection that cannot be opened is
+/// left for later (logged); the pool opens it on demand as before. Returns how many opened.
+pub async fn warm(pool: &Pool, n: usize) -> usize {
+    let n = n.min(pool.status().max_size);
+    let held = futures::future::join_all((0..n).map(|_| pool.get())).await;
+    let opened = held.iter().filter(|c| c.is_ok()).count();
+    if let Some(Err(e)) = held.iter().find(|c| c.is_err()) {
+        tracing::warn!(error = %e, opened, wanted = n, "could not open every pooled connection at start");
+    }
+    opened
+}
+
 /// One connection outside the pool, with TLS as `url` asks and bounded connects, whose
 /// connection half the caller drives (e.g. to receive notifications).
 pub async fn connect_raw(

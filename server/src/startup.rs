@@ -47,6 +47,9 @@ impl Application {
                 .map_err(|e| anyhow::anyhow!(e))?,
         );
         crate::auth::bootstrap_admin(&config, &db).await?;
+        let warm = config.db_pool_warm.unwrap_or(config.db_pool_size);
+        let opened = crate::db::warm(&db, warm).await;
+        tracing::debug!(opened, "database pool warmed");
 
         let answerer = Arc::new(crate::grounding::Answerer::start(&config, db.clone()).await?);
 

@@ -25,6 +25,8 @@ pub async fn test_config() -> Config {
     let mut config = Config::parse_from(["chat-server"]).expect("default config");
     config.database_url = fresh_database().await;
     config.bind_addr = "127.0.0.1:0".parse().expect("addr");
+    // Many servers start in one test run: two warm connections each, the rest on demand.
+    config.db_pool_warm = Some(2);
     config.jwt_secret = Some(server::config::Secret::new(
         "test-secret-of-at-least-32-bytes!!",
     ));

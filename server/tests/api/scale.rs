@@ -124,3 +124,32 @@ async fn questions_arriving_together_share_forward_passes_and_get_their_own_vect
         assert!(cosine > 0.999, "{text}: {cosine}");
     }
 }
+
+/// Connections to the app's database other than the one asking.
+async fn open_connections(app: &test_support::TestApp) -> i64 {
+    app.count(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_pool_opens_its_warm_connections_at_start() {
+    let warm = spawn_app_with(|c| {
+        c.db_pool_size = 16;
+        c.db_pool_warm = Some(12);
+    })
+    .await;
+    let cold = spawn_app_with(|c| {
+        c.db_pool_size = 16;
+        c.db_pool_warm = Some(0);
+    })
+    .await;
+    let (warm_open, cold_open) = (open_connections(&warm).await, open_connections(&cold).await);
+    assert!(warm_open >= 12, "{warm_open} connections open after start");
+    assert!(
+        cold_open < 12,
+        "{cold_open} connections open without warming"
+    );
+}
