@@ -54,6 +54,7 @@ async fn start(
     state.tasks.spawn(pipeline::generate(
         state.clone(),
         accepted,
+        None,
         Arc::clone(&log),
     ));
     Ok(log)

@@ -708,7 +708,8 @@ impl Connection {
             // it on any instance.
             let stream_id = Uuid::new_v4();
             let (accepted, registered) = tokio::join!(
-                pipeline::accept(
+                pipeline::accept_and_prepare(
+                    &state.answerer,
                     &state.db,
                     state.cluster.instance_id(),
                     state.config.history_turns,
@@ -727,7 +728,9 @@ impl Connection {
                 }
             }
             match accepted {
-                Ok(accepted) => pipeline::generate(state, accepted, answer_log).await,
+                Ok((accepted, prepared)) => {
+                    pipeline::generate(state, accepted, prepared, answer_log).await;
+                }
                 Err(e) => pipeline::reject(&answer_log, &e),
             }
         });

@@ -522,6 +522,44 @@ async fn cancel_stops_the_provider_and_stores_a_cancelled_answer() {
 }
 
 #[tokio::test]
+async fn a_new_conversations_model_call_starts_while_its_question_is_being_stored() {
+    let (app, stats) = spawn_with_fake(|_| {}).await;
+    let tokens = app.user_tokens("alice").await;
+    let mut ws = connect_ready(&app, &tokens.access).await;
+    // Storing a question waits while the in-flight table is locked.
+    let locker = app.db().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE answers_in_flight IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    ask(&mut ws, "a1", "How long do refunds take?").await;
+    wait_for("the model call", || {
+        stats.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM messages").await,
+        0,
+        "the model was asked before the question was stored"
+    );
+    // Nothing is shown before the question is stored.
+    let early = tokio::time::timeout(Duration::from_millis(300), next_frame(&mut ws)).await;
+    assert!(early.is_err(), "a frame before the store: {early:?}");
+    locker.batch_execute("ROLLBACK").await.unwrap();
+
+    let answer = read_answer(&mut ws, "a1").await;
+    assert_eq!(answer.done["finish_reason"], "stop", "{:?}", answer.done);
+    assert_eq!(answer.text(), "w0 w1 w2 ");
+    let conversation_id = answer.done["conversation_id"].as_str().unwrap();
+    let (content, status) = wait_stored(&app, conversation_id).await;
+    assert_eq!(
+        (content.as_str(), status.as_str()),
+        ("w0 w1 w2 ", "complete")
+    );
+    assert_eq!(stats.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn a_disconnect_mid_answer_still_completes_and_stores_it() {
     let (app, stats) = spawn_with_fake(|_| {}).await;
     let tokens = app.user_tokens("alice").await;

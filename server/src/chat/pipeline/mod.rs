@@ -4,7 +4,8 @@
 //!
 //! 1. `admit`: the question's length and the asks-per-minute limit (nothing stored yet);
 //! 2. `accept`: the question stored, in its conversation or a new one, with the recent turns read
-//!    for the prompt (or `reject`: the refusal written to the log);
+//!    for the prompt (or `reject`: the refusal written to the log); on the socket,
+//!    `accept_and_prepare` runs a new conversation's retrieval and model call meanwhile;
 //! 3. `generate`, in a task of its own (independent of whoever asked, so a disconnect does not
 //!    stop it), in three steps:
 //!    - `stream`: retrieval + prompt, then the model's deltas into the answer's [`AnswerLog`],
@@ -34,6 +35,7 @@ use super::sessions::SessionRegistry;
 use super::{durable, store};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::grounding::{AnswerError, AnswerRequest, Answerer, PreparedAnswer};
 use crate::llm::Turn;
 use crate::state::AppState;
 
@@ -88,6 +90,10 @@ pub(crate) struct Accepted {
     asked_at: Instant,
 }
 
+/// Retrieval and the model call, when they ran while the question was being stored (see
+/// [`accept_and_prepare`]).
+pub(crate) type Prepared = Option<Result<PreparedAnswer, AnswerError>>;
+
 /// Stores the question (in `conversation_id`, which must be the user's, or in a new
 /// conversation, marked as being answered by `instance_id`) and reads the last `history_turns`
 /// turns for the prompt.
@@ -120,6 +126,44 @@ pub(crate) async fn accept(
     })
 }
 
+/// [`accept`], and for a question that opens a new conversation (its prompt needs no stored
+/// turns) the answer's retrieval and model call at the same time: the database work hides
+/// behind the model's wait for its first chunk instead of adding to it. The model is only
+/// called for a question that passed [`admit`]; if storing fails, the call is dropped (which
+/// aborts it) at once and the question is rejected as before.
+pub(crate) async fn accept_and_prepare(
+    answerer: &Answerer,
+    db: &Pool,
+    instance_id: Uuid,
+    history_turns: usize,
+    user_id: Uuid,
+    question: String,
+    conversation_id: Option<Uuid>,
+) -> Result<(Accepted, Prepared), ApiError> {
+    if conversation_id.is_some() {
+        let accepted = accept(
+            db,
+            instance_id,
+            history_turns,
+            user_id,
+            question,
+            conversation_id,
+        )
+        .await?;
+        return Ok((accepted, None));
+    }
+    let request = AnswerRequest {
+        question: question.clone(),
+        history: Vec::new(),
+    };
+    let prepare = async { Ok::<_, ApiError>(answerer.prepare(request).await) };
+    let (accepted, prepared) = tokio::try_join!(
+        accept(db, instance_id, history_turns, user_id, question, None),
+        prepare
+    )?;
+    Ok((accepted, Some(prepared)))
+}
+
 /// Pushes `Rejected` for an error that stopped a question before it was stored.
 pub(crate) fn reject(log: &AnswerLog, error: &ApiError) {
     if error.status().is_server_error() {
@@ -146,10 +190,15 @@ impl Drop for EndGuard {
 
 /// Generates the answer to `accepted` into `log` and stores it. Runs to the end even if nobody
 /// reads the log any more; only the log's cancel token stops it early.
-pub(crate) async fn generate(state: AppState, accepted: Accepted, log: Arc<AnswerLog>) {
+pub(crate) async fn generate(
+    state: AppState,
+    accepted: Accepted,
+    prepared: Prepared,
+    log: Arc<AnswerLog>,
+) {
     let _end = EndGuard(Arc::clone(&log));
     let message_id = Uuid::new_v4();
-    let streamed = stream::run(&state.answerer, &accepted, &log).await;
+    let streamed = stream::run(&state.answerer, &accepted, prepared, &log).await;
 
     let record = record::answer_record(message_id, &accepted, &streamed);
     let written = record::first_write(&state, &record, &log, streamed.failure.is_some()).await;

@@ -8,7 +8,7 @@ use futures::stream::BoxStream;
 use protocol::chat::{FinishReason, Source, Usage};
 use protocol::error::ErrorCode;
 
-use super::Accepted;
+use super::{Accepted, Prepared};
 use crate::chat::log::{AnswerLog, LogEvent};
 use crate::grounding::{AnswerError, AnswerRequest, Answerer};
 use crate::llm::Chunk;
@@ -29,9 +29,14 @@ pub(super) struct Streamed {
     pub(super) failure: Option<(ErrorCode, String)>,
 }
 
-/// Prepares the answer to `accepted` and streams it into `log`. A cancel of the log stops
-/// either part.
-pub(super) async fn run(answerer: &Answerer, accepted: &Accepted, log: &AnswerLog) -> Streamed {
+/// Prepares the answer to `accepted` (unless `prepared` holds it already) and streams it into
+/// `log`. A cancel of the log stops either part.
+pub(super) async fn run(
+    answerer: &Answerer,
+    accepted: &Accepted,
+    prepared: Prepared,
+    log: &AnswerLog,
+) -> Streamed {
     let request = AnswerRequest {
         question: accepted.question.clone(),
         history: accepted.history.clone(),
@@ -46,9 +51,12 @@ pub(super) async fn run(answerer: &Answerer, accepted: &Accepted, log: &AnswerLo
         failure: None,
     };
 
-    let prepared = tokio::select! {
-        prepared = answerer.prepare(request) => Some(prepared),
-        () = log.cancelled() => None,
+    let prepared = match prepared {
+        Some(prepared) => Some(prepared),
+        None => tokio::select! {
+            prepared = answerer.prepare(request) => Some(prepared),
+            () = log.cancelled() => None,
+        },
     };
     streamed.finish_reason = match prepared {
         None => FinishReason::Cancelled,
