@@ -710,6 +710,7 @@ impl Connection {
             let (accepted, registered) = tokio::join!(
                 pipeline::accept_and_prepare(
                     &state.answerer,
+                    &answer_log,
                     &state.db,
                     state.cluster.instance_id(),
                     state.config.history_turns,

@@ -23,7 +23,9 @@ pub(crate) struct StoredQuestion {
 
 /// In one statement (one round trip, atomic without a transaction block): checks the
 /// conversation is the user's (or starts one), reads its last `history_turns` complete
-/// exchanges, and stores the question with its `answers_in_flight` row.
+/// exchanges, and stores the question with its `answers_in_flight` row (naming this process
+/// as the one answering, so the answer is marked interrupted if the process dies first; see
+/// `chat::orphans`).
 pub(crate) async fn store_question(
     client: &impl GenericClient,
     instance_id: Uuid,

@@ -19,8 +19,9 @@ const WAIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------------
 // A fake OpenAI-compatible provider. What it does depends on the question:
-// "slowly" → 40 word deltas, 40 ms apart; "fail before" → a 400 error; "fail midway" → three
-// deltas, then the connection breaks; anything else → three quick deltas.
+// "slowly" → 40 word deltas, 40 ms apart; "hesitate" → three deltas, the first after 5 s;
+// "fail before" → a 400 error; "fail midway" → three deltas, then the connection breaks;
+// anything else → three quick deltas.
 
 /// Starts the fake on loopback; returns its root URL and counters.
 async fn spawn_fake() -> (String, Arc<ChatStats>) {
@@ -31,6 +32,10 @@ async fn spawn_fake() -> (String, Arc<ChatStats>) {
         } else if last.contains("slowly") {
             Stream::words(40, Duration::from_millis(40))
                 .usage(11)
+                .into()
+        } else if last.contains("hesitate") {
+            Stream::words(3, Duration::ZERO)
+                .first_after(Duration::from_secs(5))
                 .into()
         } else if last.contains("fail midway") {
             Stream::words(10, Duration::from_millis(20))
@@ -514,6 +519,37 @@ async fn cancel_stops_the_provider_and_stores_a_cancelled_answer() {
     assert_eq!(status, "cancelled");
     assert_eq!(content, answer.text());
     // The upstream request was dropped, not read to its end.
+    wait_for("the provider to see its stream dropped", || {
+        stats.dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(stats.completed.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_cancel_before_the_first_delta_stops_the_model_call_at_once() {
+    let (app, stats) = spawn_with_fake(|_| {}).await;
+    let tokens = app.user_tokens("alice").await;
+    let mut ws = connect_ready(&app, &tokens.access).await;
+    ask(&mut ws, "a1", "hesitate about refunds").await;
+    wait_for("the model call", || {
+        stats.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    send(&mut ws, json!({"type":"cancel","id":"a1"})).await;
+    // Well before the model's first delta (5 s away).
+    let answer = tokio::time::timeout(Duration::from_secs(3), read_answer(&mut ws, "a1"))
+        .await
+        .expect("the cancel ends the answer without waiting for the model");
+    assert_eq!(
+        answer.done["finish_reason"], "cancelled",
+        "{:?}",
+        answer.done
+    );
+    assert!(answer.deltas.is_empty());
+    let conversation_id = answer.done["conversation_id"].as_str().unwrap();
+    let (content, status) = wait_stored(&app, conversation_id).await;
+    assert_eq!((content.as_str(), status.as_str()), ("", "cancelled"));
     wait_for("the provider to see its stream dropped", || {
         stats.dropped.load(Ordering::SeqCst) == 1
     })

@@ -83,6 +83,8 @@ pub struct Stream {
     pause_before_end: bool,
     break_after: Option<usize>,
     usage_prompt_tokens: Option<usize>,
+    /// Waited before the first delta (the model "thinking").
+    first_pause: Duration,
 }
 
 impl Stream {
@@ -99,7 +101,14 @@ impl Stream {
             pause_before_end: true,
             break_after: None,
             usage_prompt_tokens: None,
+            first_pause: Duration::ZERO,
         }
+    }
+
+    /// The first delta comes only after `pause`.
+    pub fn first_after(mut self, pause: Duration) -> Self {
+        self.first_pause = pause;
+        self
     }
 
     /// The deltas `w0 `, `w1 ` … `w{count-1} `.
@@ -231,6 +240,7 @@ fn stream_body(stream: Stream, stats: Arc<ChatStats>) -> Body {
         pause_before_end,
         break_after,
         usage_prompt_tokens,
+        first_pause,
     } = stream;
     let guard = StreamGuard {
         stats,
@@ -240,7 +250,9 @@ fn stream_body(stream: Stream, stats: Arc<ChatStats>) -> Body {
         let piece = Arc::clone(&piece);
         async move {
             let before_end = i < count || (i == count && pause_before_end);
-            if i > 0 && before_end && !pause.is_zero() {
+            if i == 0 && !first_pause.is_zero() {
+                tokio::time::sleep(first_pause).await;
+            } else if i > 0 && before_end && !pause.is_zero() {
                 tokio::time::sleep(pause).await;
             }
             if break_after == Some(i) {

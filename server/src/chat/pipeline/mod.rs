@@ -130,9 +130,12 @@ pub(crate) async fn accept(
 /// turns) the answer's retrieval and model call at the same time: the database work hides
 /// behind the model's wait for its first chunk instead of adding to it. The model is only
 /// called for a question that passed [`admit`]; if storing fails, the call is dropped (which
-/// aborts it) at once and the question is rejected as before.
+/// aborts it) at once and the question is rejected as before. A cancel of `log` drops the call
+/// too (the answer then ends `cancelled` in [`generate`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn accept_and_prepare(
     answerer: &Answerer,
+    log: &AnswerLog,
     db: &Pool,
     instance_id: Uuid,
     history_turns: usize,
@@ -156,12 +159,17 @@ pub(crate) async fn accept_and_prepare(
         question: question.clone(),
         history: Vec::new(),
     };
-    let prepare = async { Ok::<_, ApiError>(answerer.prepare(request).await) };
+    let prepare = async {
+        Ok::<_, ApiError>(tokio::select! {
+            prepared = answerer.prepare(request) => Some(prepared),
+            () = log.cancelled() => None,
+        })
+    };
     let (accepted, prepared) = tokio::try_join!(
         accept(db, instance_id, history_turns, user_id, question, None),
         prepare
     )?;
-    Ok((accepted, Some(prepared)))
+    Ok((accepted, prepared))
 }
 
 /// Pushes `Rejected` for an error that stopped a question before it was stored.

@@ -54,8 +54,10 @@ pub(super) async fn run(
     let prepared = match prepared {
         Some(prepared) => Some(prepared),
         None => tokio::select! {
-            prepared = answerer.prepare(request) => Some(prepared),
+            // A cancel that came first (even during an early model call) wins.
+            biased;
             () = log.cancelled() => None,
+            prepared = answerer.prepare(request) => Some(prepared),
         },
     };
     streamed.finish_reason = match prepared {
