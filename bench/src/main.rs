@@ -289,9 +289,10 @@ async fn main() -> anyhow::Result<()> {
         if wants("idle") {
             for &n in &args.idle {
                 let n = n.min(10_000);
+                let r = job_prefix(r, jobs.len());
                 jobs.push((
                     format!("idle {n}"),
-                    Box::pin(scenarios::idle_sockets(t, n, r)),
+                    Box::pin(async move { scenarios::idle_sockets(t, n, &r).await }),
                 ));
             }
         }
@@ -303,27 +304,30 @@ async fn main() -> anyhow::Result<()> {
                     chunk_ms: args.chunk_ms,
                     chunks: args.chunks,
                 };
+                let r = job_prefix(r, jobs.len());
                 jobs.push((
                     format!("streams {c}"),
-                    Box::pin(async move { scenarios::streams(t, fs, c, &shape, r).await }),
+                    Box::pin(async move { scenarios::streams(t, fs, c, &shape, &r).await }),
                 ));
             }
         }
         if wants("rest") {
             for &c in &args.rest_clients {
                 let requests = args.rest_requests;
+                let r = job_prefix(r, jobs.len());
                 jobs.push((
                     format!("rest {c}"),
-                    Box::pin(scenarios::rest_chat(t, fs, c, requests, r)),
+                    Box::pin(async move { scenarios::rest_chat(t, fs, c, requests, &r).await }),
                 ));
             }
         }
         if wants("login") {
             for &c in &args.login {
                 let rounds = args.login_rounds;
+                let r = job_prefix(r, jobs.len());
                 jobs.push((
                     format!("login {c}"),
-                    Box::pin(scenarios::login_burst(t, c, rounds, r)),
+                    Box::pin(async move { scenarios::login_burst(t, c, rounds, &r).await }),
                 ));
             }
         }
@@ -455,4 +459,10 @@ fn eval_questions(kb_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
         .collect();
     anyhow::ensure!(!questions.is_empty(), "no questions in {}", path.display());
     Ok(questions)
+}
+
+/// The account-name prefix of the `n`-th job of a run: a size given twice (`--streams 10,10`)
+/// signs up its own accounts instead of colliding with the first run's.
+fn job_prefix(run: &str, n: usize) -> String {
+    format!("{run}j{n}")
 }
