@@ -10,8 +10,9 @@
 //! a bounded queue; past it the caller gets a 503 with `Retry-After` at once. A burst costs
 //! queueing, never memory.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use argon2::password_hash::phc::{Output, PasswordHash, Salt};
@@ -59,30 +60,60 @@ impl Memory {
 
 type Job = Box<dyn FnOnce(&mut Memory) + Send>;
 
+/// The jobs waiting for a worker. Idle workers wait on the condition variable, which lets go of
+/// the lock, so each can time out on its own and give its memory back.
+struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    ready: Condvar,
+    capacity: usize,
+    /// Workers holding their memory blocks now.
+    holding: AtomicUsize,
+    release_after: Duration,
+}
+
 /// The bounded gate in front of the hashing workers (see the module doc).
 pub struct HashGate {
-    jobs: SyncSender<Job>,
+    queue: Arc<Queue>,
     workers: usize,
 }
 
 impl HashGate {
     /// Starts `workers` hashing threads (at least one) behind a queue of `queue` jobs.
     pub fn start(workers: usize, queue: usize) -> std::io::Result<Self> {
+        Self::start_releasing_after(workers, queue, RELEASE_AFTER)
+    }
+
+    fn start_releasing_after(
+        workers: usize,
+        capacity: usize,
+        release_after: Duration,
+    ) -> std::io::Result<Self> {
         let workers = workers.max(1);
-        let (jobs, receiver) = sync_channel::<Job>(queue);
         // One queue for all workers: whoever is free takes the next job.
-        let receiver = Arc::new(Mutex::new(receiver));
+        let queue = Arc::new(Queue {
+            jobs: Mutex::new(VecDeque::with_capacity(capacity)),
+            ready: Condvar::new(),
+            // At least one job may wait (for a worker about to take it).
+            capacity: capacity.max(1),
+            holding: AtomicUsize::new(0),
+            release_after,
+        });
         for n in 0..workers {
-            let receiver = Arc::clone(&receiver);
+            let queue = Arc::clone(&queue);
             std::thread::Builder::new()
                 .name(format!("argon2-{n}"))
-                .spawn(move || work(&receiver))?;
+                .spawn(move || work(&queue))?;
         }
-        Ok(Self { jobs, workers })
+        Ok(Self { queue, workers })
     }
 
     pub fn workers(&self) -> usize {
         self.workers
+    }
+
+    /// Workers holding their 19 MiB of blocks at this moment.
+    pub fn workers_holding_memory(&self) -> usize {
+        self.queue.holding.load(Ordering::Acquire)
     }
 
     /// Runs `f` on a hashing worker with its memory; `Overloaded` (503) at once if the queue
@@ -96,50 +127,59 @@ impl HashGate {
         let job: Job = Box::new(move |memory| {
             let _ = reply.send(f(memory));
         });
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
+        {
+            let mut jobs = lock(&self.queue.jobs);
+            if jobs.len() >= self.queue.capacity {
                 metrics::counter!("auth_hash_rejected_total").increment(1);
                 return Err(ApiError::Overloaded(
                     "too many sign-ups and logins at once; try again in a moment",
                 ));
             }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(ApiError::Internal(anyhow::anyhow!(
-                    "the hashing workers are gone"
-                )));
-            }
+            jobs.push_back(job);
         }
+        self.queue.ready.notify_one();
         answer
             .await
             .map_err(|_| ApiError::Internal(anyhow::anyhow!("a hashing job panicked")))
     }
 }
 
-fn work(receiver: &Mutex<Receiver<Job>>) {
+fn work(queue: &Queue) {
     lower_priority();
     // Taken at the first job, not at start (an idle server holds none of it), and given back
-    // after `RELEASE_AFTER` without work: a 19 MiB allocation is its own mapping, which
+    // after `release_after` without work: a 19 MiB allocation is its own mapping, which
     // dropping unmaps.
     let mut memory: Option<Memory> = None;
     loop {
-        // The lock is held only to take a job, never while hashing.
-        let job = if memory.is_some() {
-            match lock(receiver).recv_timeout(RELEASE_AFTER) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => {
-                    memory = None;
-                    continue;
+        // The lock is held only to take a job, never while hashing or waiting.
+        let job = {
+            let mut jobs = lock(&queue.jobs);
+            loop {
+                if let Some(job) = jobs.pop_front() {
+                    break job;
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
+                if memory.is_some() {
+                    let (guard, waited) = queue
+                        .ready
+                        .wait_timeout(jobs, queue.release_after)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    jobs = guard;
+                    if waited.timed_out() && jobs.is_empty() {
+                        memory = None;
+                        queue.holding.fetch_sub(1, Ordering::AcqRel);
+                    }
+                } else {
+                    jobs = queue
+                        .ready
+                        .wait(jobs)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
             }
-        } else {
-            let Ok(job) = lock(receiver).recv() else {
-                return;
-            };
-            job
         };
-        let memory = memory.get_or_insert_with(Memory::new);
+        let memory = memory.get_or_insert_with(|| {
+            queue.holding.fetch_add(1, Ordering::AcqRel);
+            Memory::new()
+        });
         // A panicking job loses its reply (the caller gets a 500), not the worker.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(memory)));
     }
@@ -331,6 +371,43 @@ mod tests {
             assert!(verify_in(&mut memory, b"correct horse battery", phc).unwrap());
             assert!(!verify_in(&mut memory, b"correct horse batterY", phc).unwrap());
         }
+    }
+
+    #[tokio::test]
+    async fn idle_workers_take_their_memory_only_for_work_and_give_it_back() {
+        use std::time::{Duration, Instant};
+        let gate: &'static HashGate = Box::leak(Box::new(
+            HashGate::start_releasing_after(2, 4, Duration::from_millis(200)).unwrap(),
+        ));
+        assert_eq!(
+            gate.workers_holding_memory(),
+            0,
+            "nothing held before any work"
+        );
+        // Two jobs at once, each waiting for the other to start: both workers take memory.
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let jobs = (0..2).map(|_| {
+            let barrier = Arc::clone(&barrier);
+            gate.run(move |memory| {
+                barrier.wait();
+                memory.0.len()
+            })
+        });
+        for blocks in futures::future::join_all(jobs).await {
+            assert_eq!(blocks.unwrap(), M_COST as usize);
+        }
+        assert_eq!(gate.workers_holding_memory(), 2);
+        // Idle past the release time, every worker gives its memory back, not just one.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gate.workers_holding_memory() > 0 {
+            assert!(Instant::now() < deadline, "memory still held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // And takes it again for the next job.
+        assert_eq!(
+            gate.run(|memory| memory.0.len()).await.unwrap(),
+            M_COST as usize
+        );
     }
 
     #[tokio::test]
