@@ -1,7 +1,7 @@
 //! Knowledge gaps: which questions the knowledge base serves badly, grouped by meaning.
 //!
-//! After each answer that ended normally, [`record_later`] stores the question's signals in
-//! `question_signals`, off the answer's path: the question's vector (from the embedder's
+//! Each answer that ended normally is stored with its question's [`signals`] in
+//! `question_signals` (one statement): the question's vector (from the embedder's
 //! question cache, so no second provider call), the best cosine similarity any passage
 //! reached and its document (the vector index's nearest chunk: one search, no lexical
 //! ranking), and whether the answer was a
@@ -20,8 +20,8 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use protocol::gaps::{Gap, GapExample, GapReason, GapsReport};
-use uuid::Uuid;
 
+use crate::chat::store::QuestionSignals;
 use crate::error::ApiError;
 use crate::llm::REFUSAL;
 use crate::state::AppState;
@@ -66,28 +66,31 @@ pub fn is_refusal(answer: &str) -> bool {
         .starts_with(&refusal.to_lowercase())
 }
 
-/// Records the signals of an answered question in a task of its own (tracked, so shutdown
-/// waits for it); failures are logged, never shown to the user.
-pub fn record_later(state: &AppState, question_id: Uuid, question: &str, answer: &str) {
-    let state_ = state.clone();
-    let question = question.to_owned();
-    let refused = is_refusal(answer);
-    state.tasks.spawn(async move {
-        if let Err(e) = record(&state_, question_id, &question, refused).await {
+/// The signals of an answered question, stored with its answer (see
+/// [`store_answer`](crate::chat::store::store_answer)); `None`, logged, if they cannot be
+/// computed: they are never worth failing an answer for.
+pub(crate) async fn signals(
+    state: &AppState,
+    question: &str,
+    answer: &str,
+) -> Option<QuestionSignals> {
+    match compute(state, question, is_refusal(answer)).await {
+        Ok(signals) => Some(signals),
+        Err(e) => {
             tracing::warn!(
                 error = format!("{e:#}"),
-                "could not record question signals"
+                "could not compute question signals"
             );
+            None
         }
-    });
+    }
 }
 
-async fn record(
+async fn compute(
     state: &AppState,
-    question_id: Uuid,
     question: &str,
     refused: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<QuestionSignals> {
     let rag = state.answerer.rag();
     let embedder = rag.embedder();
     // The retrieval just embedded this question: the question cache answers.
@@ -96,42 +99,21 @@ async fn record(
         .await?
         .pop()
         .ok_or_else(|| anyhow::anyhow!("the embedder returned no vector"))?;
-    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let embedding: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
     let dimension = i32::try_from(vector.len())?;
     let best = rag.nearest(vector).await?;
-    let client = state.db.get().await?;
-    let stmt = client
-        .prepare_cached(
-            "INSERT INTO question_signals \
-               (question_id, provider, model, dimension, embedding, best_score, best_document, refused) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (question_id) DO NOTHING",
-        )
-        .await?;
-    // The question may be gone already (its conversation deleted): then there is nothing to
-    // record, and the foreign key says so.
-    let result = client
-        .execute(
-            &stmt,
-            &[
-                &question_id,
-                &embedder.provider(),
-                &embedder.model(),
-                &dimension,
-                &bytes,
-                &best.as_ref().map(|(score, _)| *score),
-                &best.as_ref().map(|(_, document)| document.as_str()),
-                &refused,
-            ],
-        )
-        .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
+    let (best_score, best_document) = best.map_or((None, None), |(score, document)| {
+        (Some(score), Some(document))
+    });
+    Ok(QuestionSignals {
+        provider: embedder.provider(),
+        model: embedder.model().to_owned(),
+        dimension,
+        embedding,
+        best_score,
+        best_document,
+        refused,
+    })
 }
 
 /// A question that counts as a gap, as the clustering reads it.

@@ -143,6 +143,22 @@ pub(crate) struct AnswerRecord<'a> {
     pub first_token_ms: Option<i32>,
     pub latency_ms: i32,
     pub error_code: Option<&'a str>,
+    /// The question's knowledge-gap signals, written in the same statement (complete answers).
+    pub signals: Option<&'a QuestionSignals>,
+}
+
+/// A question's knowledge-gap signals (see [`crate::gaps`]): its vector, as little-endian
+/// `f32`s, the best similarity any passage reached and its document, and whether the answer
+/// was a refusal.
+#[derive(Debug, Clone)]
+pub(crate) struct QuestionSignals {
+    pub provider: &'static str,
+    pub model: String,
+    pub dimension: i32,
+    pub embedding: Vec<u8>,
+    pub best_score: Option<f32>,
+    pub best_document: Option<String>,
+    pub refused: bool,
 }
 
 pub(crate) async fn store_answer(
@@ -166,12 +182,18 @@ pub(crate) async fn store_answer(
                  created_at = now() \
                WHERE messages.status = 'error' AND messages.error_code = 'interrupted' \
                RETURNING conversation_id), \
-             done AS (DELETE FROM answers_in_flight WHERE question_id = $4) \
+             done AS (DELETE FROM answers_in_flight WHERE question_id = $4), \
+             signals AS ( \
+               INSERT INTO question_signals (question_id, provider, model, dimension, embedding, \
+                 best_score, best_document, refused) \
+               SELECT $4, $14, $15, $16, $17, $18, $19, $20 WHERE $14::text IS NOT NULL \
+               ON CONFLICT (question_id) DO NOTHING) \
              UPDATE conversations SET updated_at = now() \
              WHERE id = (SELECT conversation_id FROM answer)",
         )
         .await?;
     let tokens = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let signals = record.signals;
     client
         .execute(
             &insert,
@@ -189,6 +211,13 @@ pub(crate) async fn store_answer(
                 &record.first_token_ms,
                 &record.latency_ms,
                 &record.error_code,
+                &signals.map(|g| g.provider),
+                &signals.map(|g| g.model.as_str()),
+                &signals.map(|g| g.dimension),
+                &signals.map(|g| g.embedding.as_slice()),
+                &signals.and_then(|g| g.best_score),
+                &signals.and_then(|g| g.best_document.as_deref()),
+                &signals.map(|g| g.refused),
             ],
         )
         .await?;

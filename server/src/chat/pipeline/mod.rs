@@ -11,12 +11,12 @@
 //!    - `stream`: retrieval + prompt, then the model's deltas into the answer's [`AnswerLog`],
 //!      which any number of readers follow, until the end, an error or a cancel;
 //!    - `record`: the answer stored when it ends, whatever the ending (retried through a
-//!      database outage by [`durable`](super::durable)), and the question's knowledge-gap
-//!      signals;
+//!      database outage by [`durable`](super::durable)), a complete one with the question's
+//!      knowledge-gap signals in the same statement;
 //!    - `metrics`: the answer counted by how it ended, with its latency and first-token time.
 //!
 //! `generate` takes the whole [`AppState`]: the record step hands it to `durable` and
-//! `gaps::record_later`.
+//! `gaps::signals`.
 
 mod metrics;
 mod record;
@@ -208,20 +208,18 @@ pub(crate) async fn generate(
     let message_id = Uuid::new_v4();
     let streamed = stream::run(&state.answerer, &accepted, prepared, &log).await;
 
-    let record = record::answer_record(message_id, &accepted, &streamed);
+    // A complete answer is stored with its question's knowledge-gap signals, in one statement.
+    let signals = if streamed.finish_reason == FinishReason::Stop {
+        crate::gaps::signals(&state, &accepted.question, &streamed.text).await
+    } else {
+        None
+    };
+    let record = record::answer_record(message_id, &accepted, &streamed, signals.as_ref());
     let written = record::first_write(&state, &record, &log, streamed.failure.is_some()).await;
     let finish_reason = match written {
         record::Written::Lost => FinishReason::Error,
         record::Written::Stored | record::Written::Deferred => streamed.finish_reason,
     };
-    if finish_reason == FinishReason::Stop {
-        crate::gaps::record_later(
-            &state,
-            accepted.question_id,
-            &accepted.question,
-            &streamed.text,
-        );
-    }
 
     metrics::answer_ended(finish_reason, streamed.latency, streamed.first_token);
     log.push(LogEvent::Done(Done {

@@ -13,7 +13,7 @@ use super::Accepted;
 use super::stream::Streamed;
 use crate::chat::durable::{self, FirstWrite};
 use crate::chat::log::{AnswerLog, LogEvent};
-use crate::chat::store::AnswerRecord;
+use crate::chat::store::{AnswerRecord, QuestionSignals};
 use crate::state::AppState;
 
 /// How the first write of an answer went, as the rest of its task sees it.
@@ -26,11 +26,12 @@ pub(super) enum Written {
     Lost,
 }
 
-/// The row of the answer `id` to `accepted`, as streamed.
+/// The row of the answer `id` to `accepted`, as streamed, with the question's `signals`.
 pub(super) fn answer_record<'a>(
     id: Uuid,
     accepted: &Accepted,
     streamed: &'a Streamed,
+    signals: Option<&'a QuestionSignals>,
 ) -> AnswerRecord<'a> {
     AnswerRecord {
         id,
@@ -44,6 +45,7 @@ pub(super) fn answer_record<'a>(
         first_token_ms: streamed.first_token.map(millis),
         latency_ms: millis(streamed.latency),
         error_code: streamed.failure.as_ref().map(|(code, _)| code.as_str()),
+        signals,
     }
 }
 
