@@ -31,6 +31,8 @@ use crate::upstream::embedding::{EmbedKind, dot};
 pub const MAX_QUESTIONS: i64 = 5000;
 /// Examples listed per group.
 const EXAMPLES: usize = 5;
+/// Longest an answer's store waits for its question's signals.
+const SIGNALS_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// Recency halves every week by default.
 pub const DEFAULT_HALF_LIFE_HOURS: f64 = 168.0;
 
@@ -68,13 +70,18 @@ pub fn is_refusal(answer: &str) -> bool {
 
 /// The signals of an answered question, stored with its answer (see
 /// [`store_answer`](crate::chat::store::store_answer)); `None`, logged, if they cannot be
-/// computed: they are never worth failing an answer for.
+/// computed within [`SIGNALS_WITHIN`]: they are never worth failing or holding up an answer for
+/// (the question's vector comes from the question cache; only a miss asks the embedder again).
 pub(crate) async fn signals(
     state: &AppState,
     question: &str,
     answer: &str,
 ) -> Option<QuestionSignals> {
-    match compute(state, question, is_refusal(answer)).await {
+    let computed =
+        tokio::time::timeout(SIGNALS_WITHIN, compute(state, question, is_refusal(answer)))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("took longer than {SIGNALS_WITHIN:?}")));
+    match computed {
         Ok(signals) => Some(signals),
         Err(e) => {
             tracing::warn!(
