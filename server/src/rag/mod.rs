@@ -250,17 +250,6 @@ impl Rag {
         Ok(found)
     }
 
-    /// [`Rag::retrieve`] with an explicit similarity threshold and no lexical check
-    /// (evaluation and tuning).
-    pub async fn retrieve_above(
-        &self,
-        question: &str,
-        k: usize,
-        threshold: f32,
-    ) -> Result<Vec<Retrieved>, RagError> {
-        Ok(self.assess(question, k, threshold).await?.passages)
-    }
-
     /// The passages over `threshold` and the lexical support of the top ones, with no relevance
     /// decision taken (what [`Rag::retrieve`] decides on; the eval calibrates with it).
     pub async fn assess(
