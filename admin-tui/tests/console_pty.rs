@@ -217,15 +217,19 @@ async fn the_console_drives_every_view_in_a_terminal() {
 
     // `?` lists the keys of the new views; any key closes it.
     console.keys("?");
-    let help = console.wait_for(&["Keys (any key closes)"]).await;
-    for key in [
+    let keys = [
         "open the selected session (live answer) or knowledge gap",
         "disconnect it, after a y/n",
         "upload a file from this disk by path",
         "delete the selected document, after a y/n",
         "sparklines of the last hour",
         "sessions, knowledge base, cleanup, stats, gaps, feedback, documents",
-    ] {
+    ];
+    // The title can reach the terminal before the rest of the frame: wait for the whole list.
+    let mut expected = vec!["Keys (any key closes)"];
+    expected.extend(keys);
+    let help = console.wait_for(&expected).await;
+    for key in keys {
         assert!(help.contains(key), "help lacks {key:?}:\n{help}");
     }
     console.keys(" ");
