@@ -114,6 +114,20 @@ impl Counted {
     }
 }
 
+/// [`sliding_hit`]'s statement.
+pub(crate) const SLIDING_HIT_SQL: &str = "INSERT INTO rate_logs AS r (key, hits) \
+             VALUES ($1, CASE WHEN $2::bigint > 0 THEN ARRAY[statement_timestamp()] \
+                              ELSE '{}'::timestamptz[] END) \
+             ON CONFLICT (key) DO UPDATE SET hits = ( \
+               SELECT coalesce(array_agg(t ORDER BY t), '{}'::timestamptz[]) \
+                      || CASE WHEN count(*) < $2::bigint THEN ARRAY[statement_timestamp()] \
+                              ELSE '{}'::timestamptz[] END \
+               FROM unnest(r.hits) AS t \
+               WHERE t > statement_timestamp() - make_interval(secs => $3)) \
+             RETURNING coalesce(hits[cardinality(hits)] = statement_timestamp(), false), \
+                       greatest(1, ceil(extract(epoch FROM \
+                         hits[1] + make_interval(secs => $3) - statement_timestamp())))::bigint";
+
 /// Counts one hit under `key` in a sliding window of `window_secs` (the `rate_logs` table,
 /// shared by every instance) unless `max` hits are already in it: `Ok(())` when counted,
 /// `Err(retry_after_secs)` when over the limit (until the oldest hit in the window leaves it).
@@ -128,22 +142,7 @@ pub async fn sliding_hit(
     max: u32,
     window_secs: u64,
 ) -> Result<Result<(), u64>, ApiError> {
-    let statement = db
-        .prepare_cached(
-            "INSERT INTO rate_logs AS r (key, hits) \
-             VALUES ($1, CASE WHEN $2::bigint > 0 THEN ARRAY[statement_timestamp()] \
-                              ELSE '{}'::timestamptz[] END) \
-             ON CONFLICT (key) DO UPDATE SET hits = ( \
-               SELECT coalesce(array_agg(t ORDER BY t), '{}'::timestamptz[]) \
-                      || CASE WHEN count(*) < $2::bigint THEN ARRAY[statement_timestamp()] \
-                              ELSE '{}'::timestamptz[] END \
-               FROM unnest(r.hits) AS t \
-               WHERE t > statement_timestamp() - make_interval(secs => $3)) \
-             RETURNING coalesce(hits[cardinality(hits)] = statement_timestamp(), false), \
-                       greatest(1, ceil(extract(epoch FROM \
-                         hits[1] + make_interval(secs => $3) - statement_timestamp())))::bigint",
-        )
-        .await?;
+    let statement = db.prepare_cached(SLIDING_HIT_SQL).await?;
     let max = i64::from(max);
     let window = window_secs.max(1) as f64;
     let row = db.query_one(&statement, &[&key, &max, &window]).await?;

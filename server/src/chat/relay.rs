@@ -116,12 +116,7 @@ impl Relay {
         ask_id: &str,
     ) -> anyhow::Result<()> {
         let client = self.db.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO answer_streams (stream_id, user_id, ask_id, instance_id) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .await?;
+        let stmt = client.prepare_cached(REGISTER_STREAM_SQL).await?;
         client
             .execute(&stmt, &[&stream_id, &user_id, &ask_id, &self.instance_id])
             .await?;
@@ -310,6 +305,18 @@ async fn publish(db: Pool, stream_id: Uuid, mut cursor: LogCursor, _guard: Publi
     }
 }
 
+/// [`Relay::register`]'s statement.
+pub(crate) const REGISTER_STREAM_SQL: &str =
+    "INSERT INTO answer_streams (stream_id, user_id, ask_id, instance_id) VALUES ($1, $2, $3, $4)";
+
+/// The statement that writes a batch of an answer's events.
+pub(crate) const WRITE_EVENTS_SQL: &str = "WITH written AS ( \
+               INSERT INTO answer_events (stream_id, pos, event) \
+               SELECT $1, p, e FROM unnest($2::int4[], $3::text[]) AS t(p, e) \
+               ON CONFLICT DO NOTHING) \
+             UPDATE answer_streams SET finished_at = clock_timestamp() \
+             WHERE stream_id = $1 AND $4";
+
 async fn write_batch(
     db: &Pool,
     stream_id: Uuid,
@@ -325,16 +332,7 @@ async fn write_batch(
     let client = db.get().await?;
     // The CTE's insert runs whether or not the outer statement reads it. `DO NOTHING` makes a
     // retried batch (whose first try committed unheard) harmless.
-    let stmt = client
-        .prepare_cached(
-            "WITH written AS ( \
-               INSERT INTO answer_events (stream_id, pos, event) \
-               SELECT $1, p, e FROM unnest($2::int4[], $3::text[]) AS t(p, e) \
-               ON CONFLICT DO NOTHING) \
-             UPDATE answer_streams SET finished_at = clock_timestamp() \
-             WHERE stream_id = $1 AND $4",
-        )
-        .await?;
+    let stmt = client.prepare_cached(WRITE_EVENTS_SQL).await?;
     client
         .execute(&stmt, &[&stream_id, &positions, &texts, &ended])
         .await?;

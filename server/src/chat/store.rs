@@ -21,6 +21,36 @@ pub(crate) struct StoredQuestion {
     pub history: Vec<Turn>,
 }
 
+/// [`store_question`]'s statement for a question that opens a conversation.
+pub(crate) const NEW_QUESTION_SQL: &str = "WITH conversation AS ( \
+                   INSERT INTO conversations (id, user_id, title) VALUES ($1, $2, $3)), \
+                 question AS ( \
+                   INSERT INTO messages (id, conversation_id, user_id, role, content, status) \
+                   VALUES ($4, $1, $2, 'user', $5, 'complete')) \
+                 INSERT INTO answers_in_flight (question_id, instance_id) VALUES ($4, $6)";
+
+/// [`store_question`]'s statement for a question in an existing conversation.
+pub(crate) const FOLLOW_UP_SQL: &str = "WITH touched AS ( \
+               UPDATE conversations SET updated_at = now() \
+               WHERE id = $1 AND user_id = $2 RETURNING id), \
+             question AS ( \
+               INSERT INTO messages (id, conversation_id, user_id, role, content, status) \
+               SELECT $3, id, $2, 'user', $4, 'complete' FROM touched RETURNING id), \
+             in_flight AS ( \
+               INSERT INTO answers_in_flight (question_id, instance_id) \
+               SELECT id, $5 FROM question), \
+             recent AS ( \
+               SELECT q.content AS question, a.content AS answer, a.created_at, a.id \
+               FROM messages a JOIN messages q ON q.id = a.reply_to \
+               WHERE a.conversation_id = (SELECT id FROM touched) AND a.role = 'assistant' \
+                 AND a.status = 'complete' \
+               ORDER BY a.created_at DESC, a.id DESC LIMIT $6) \
+             SELECT EXISTS (SELECT 1 FROM touched), \
+               coalesce((SELECT array_agg(question ORDER BY created_at DESC, id DESC) FROM recent), \
+                        '{}'::text[]), \
+               coalesce((SELECT array_agg(answer ORDER BY created_at DESC, id DESC) FROM recent), \
+                        '{}'::text[])";
+
 /// In one statement (one round trip, atomic without a transaction block): checks the
 /// conversation is the user's (or starts one), reads its last `history_turns` complete
 /// exchanges, and stores the question with its `answers_in_flight` row (naming this process
@@ -39,16 +69,7 @@ pub(crate) async fn store_question(
         // The new conversation, the question and its in-flight row: the foreign keys are checked
         // at the statement's end, when all three rows exist.
         let id = Uuid::new_v4();
-        let insert = client
-            .prepare_cached(
-                "WITH conversation AS ( \
-                   INSERT INTO conversations (id, user_id, title) VALUES ($1, $2, $3)), \
-                 question AS ( \
-                   INSERT INTO messages (id, conversation_id, user_id, role, content, status) \
-                   VALUES ($4, $1, $2, 'user', $5, 'complete')) \
-                 INSERT INTO answers_in_flight (question_id, instance_id) VALUES ($4, $6)",
-            )
-            .await?;
+        let insert = client.prepare_cached(NEW_QUESTION_SQL).await?;
         client
             .execute(
                 &insert,
@@ -71,30 +92,7 @@ pub(crate) async fn store_question(
     // Touches the conversation if it is the user's; only then stores the question. The history
     // is read from the statement's snapshot, so it never holds the question itself. One row
     // comes back: whether the conversation was found, and the turns, newest first, as arrays.
-    let ask = client
-        .prepare_cached(
-            "WITH touched AS ( \
-               UPDATE conversations SET updated_at = now() \
-               WHERE id = $1 AND user_id = $2 RETURNING id), \
-             question AS ( \
-               INSERT INTO messages (id, conversation_id, user_id, role, content, status) \
-               SELECT $3, id, $2, 'user', $4, 'complete' FROM touched RETURNING id), \
-             in_flight AS ( \
-               INSERT INTO answers_in_flight (question_id, instance_id) \
-               SELECT id, $5 FROM question), \
-             recent AS ( \
-               SELECT q.content AS question, a.content AS answer, a.created_at, a.id \
-               FROM messages a JOIN messages q ON q.id = a.reply_to \
-               WHERE a.conversation_id = (SELECT id FROM touched) AND a.role = 'assistant' \
-                 AND a.status = 'complete' \
-               ORDER BY a.created_at DESC, a.id DESC LIMIT $6) \
-             SELECT EXISTS (SELECT 1 FROM touched), \
-               coalesce((SELECT array_agg(question ORDER BY created_at DESC, id DESC) FROM recent), \
-                        '{}'::text[]), \
-               coalesce((SELECT array_agg(answer ORDER BY created_at DESC, id DESC) FROM recent), \
-                        '{}'::text[])",
-        )
-        .await?;
+    let ask = client.prepare_cached(FOLLOW_UP_SQL).await?;
     let limit = i64::try_from(history_turns).unwrap_or(i64::MAX);
     let row = client
         .query_one(
@@ -161,14 +159,8 @@ pub(crate) struct QuestionSignals {
     pub refused: bool,
 }
 
-pub(crate) async fn store_answer(
-    client: &impl GenericClient,
-    record: &AnswerRecord<'_>,
-) -> Result<(), ApiError> {
-    let sources = serde_json::to_value(record.sources).map_err(anyhow::Error::from)?;
-    let insert = client
-        .prepare_cached(
-            "WITH answer AS ( \
+/// [`store_answer`]'s statement.
+pub(crate) const STORE_ANSWER_SQL: &str = "WITH answer AS ( \
                INSERT INTO messages (id, conversation_id, user_id, role, reply_to, content, status, \
                  sources, prompt_tokens, completion_tokens, total_tokens, first_token_ms, \
                  latency_ms, error_code) \
@@ -189,9 +181,14 @@ pub(crate) async fn store_answer(
                SELECT $4, $14, $15, $16, $17, $18, $19, $20 WHERE $14::text IS NOT NULL \
                ON CONFLICT (question_id) DO NOTHING) \
              UPDATE conversations SET updated_at = now() \
-             WHERE id = (SELECT conversation_id FROM answer)",
-        )
-        .await?;
+             WHERE id = (SELECT conversation_id FROM answer)";
+
+pub(crate) async fn store_answer(
+    client: &impl GenericClient,
+    record: &AnswerRecord<'_>,
+) -> Result<(), ApiError> {
+    let sources = serde_json::to_value(record.sources).map_err(anyhow::Error::from)?;
+    let insert = client.prepare_cached(STORE_ANSWER_SQL).await?;
     let tokens = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let signals = record.signals;
     client
