@@ -43,3 +43,24 @@ pub fn free_port() -> u16 {
         .expect("its address")
         .port()
 }
+
+/// Waits, if need be, until the server's fixed rate-limit window of `window_secs` (windows are
+/// `[n·w, (n+1)·w)` of the clock, see `server::throttle`) has at least `needed` left, so hits a
+/// test counts cannot be split across two windows by a boundary falling mid-test.
+pub async fn within_one_window(window_secs: u64, needed: std::time::Duration) {
+    let window = std::time::Duration::from_secs(window_secs);
+    assert!(
+        needed < window,
+        "a window of {window_secs} s cannot hold {needed:?}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    let into = std::time::Duration::from_nanos(
+        u64::try_from(now.as_nanos() % window.as_nanos()).expect("a window under 584 years"),
+    );
+    let left = window - into;
+    if left < needed {
+        tokio::time::sleep(left + std::time::Duration::from_millis(50)).await;
+    }
+}

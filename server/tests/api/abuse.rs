@@ -51,6 +51,8 @@ async fn signups_are_throttled_per_client_address_named_by_a_trusted_proxy() {
         c.signup_max_per_addr = 3;
     })
     .await;
+    test_support::within_one_window(app.state.config.signup_window_secs, Duration::from_secs(30))
+        .await;
     for n in 0..3 {
         // The right-most hop that is not one of our proxies is the client.
         let response = signup_via(
@@ -114,6 +116,8 @@ async fn signups_are_throttled_per_client_address_named_by_a_trusted_proxy() {
 #[tokio::test]
 async fn forwarding_headers_from_untrusted_peers_are_ignored() {
     let app = spawn_app_with(|c| c.signup_max_per_addr = 2).await;
+    test_support::within_one_window(app.state.config.signup_window_secs, Duration::from_secs(30))
+        .await;
     // No trusted proxies: every "client" below is really 127.0.0.1.
     assert_eq!(
         signup_via(&app, "203.0.113.1", "charlie0").await.status(),
@@ -135,9 +139,11 @@ async fn an_attackers_failed_logins_lock_neither_other_users_nor_the_victim_at_h
         c.trusted_proxies = vec!["127.0.0.1".into()];
         c.login_max_failures = 3;
         c.login_max_failures_per_addr = 5;
-        c.login_lockout_secs = 300;
+        c.login_lockout_secs = 3600;
     })
     .await;
+    // Every failure below must land in one fixed window.
+    test_support::within_one_window(3600, Duration::from_secs(90)).await;
     for name in ["victim", "bystander", "mallory"] {
         assert_eq!(
             signup_via(&app, &format!("198.51.100.{}", name.len()), name)
@@ -202,6 +208,8 @@ async fn parallel_guesses_get_no_extra_tries() {
     })
     .await;
     app.user_tokens("target").await;
+    test_support::within_one_window(app.state.config.login_lockout_secs, Duration::from_secs(30))
+        .await;
     let guesses = (0..16).map(|n| {
         let app = &app;
         async move { login_via(app, "203.0.113.77", "target", &format!("guess {n}")).await }
