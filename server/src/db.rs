@@ -54,12 +54,23 @@ pub fn pool_with(url: &str, max_size: usize, timeouts: &DbTimeouts) -> anyhow::R
         .context("building the database pool")
 }
 
-/// Opens up to `n` of the pool's connections (at most its size) at once and returns them to it,
-/// so the first requests after a start find them ready. A connection that cannot be opened is
-/// left for later (logged); the pool opens it on demand as before. Returns how many opened.
-pub async fn warm(pool: &Pool, n: usize) -> usize {
+/// Opens up to `n` of the pool's connections (at most its size) at once, prepares `statements`
+/// on each (the hot path's, so the first requests after a start do not pay a parse and plan
+/// per connection), and returns them to it. A connection that cannot be opened is left for
+/// later (logged); the pool opens it on demand as before. Returns how many opened.
+pub async fn warm(pool: &Pool, n: usize, statements: &[&str]) -> usize {
     let n = n.min(pool.status().max_size);
-    let held = futures::future::join_all((0..n).map(|_| pool.get())).await;
+    let held = futures::future::join_all((0..n).map(|_| async {
+        let client = pool.get().await?;
+        for sql in statements {
+            if let Err(e) = client.prepare_cached(sql).await {
+                // Only the head start is lost: the statement is prepared at its first use.
+                tracing::warn!(error = %e, "could not prepare a statement at start");
+            }
+        }
+        Ok::<_, deadpool_postgres::PoolError>(client)
+    }))
+    .await;
     let opened = held.iter().filter(|c| c.is_ok()).count();
     if let Some(Err(e)) = held.iter().find(|c| c.is_err()) {
         tracing::warn!(error = %e, opened, wanted = n, "could not open every pooled connection at start");

@@ -48,7 +48,7 @@ impl Application {
         );
         crate::auth::bootstrap_admin(&config, &db).await?;
         let warm = config.db_pool_warm.unwrap_or(config.db_pool_size);
-        let opened = crate::db::warm(&db, warm).await;
+        let opened = crate::db::warm(&db, warm, &crate::chat::HOT_STATEMENTS).await;
         tracing::debug!(opened, "database pool warmed");
 
         let answerer = Arc::new(crate::grounding::Answerer::start(&config, db.clone()).await?);

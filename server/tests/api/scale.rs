@@ -153,3 +153,58 @@ async fn the_pool_opens_its_warm_connections_at_start() {
         "{cold_open} connections open without warming"
     );
 }
+
+/// The statements of the names in `texts` that `client`'s session has prepared.
+async fn prepared_on(client: &deadpool_postgres::Client, texts: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for text in texts {
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%' || $1 || '%'",
+                &[text],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) > 0 {
+            found.push((*text).to_owned());
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn warm_connections_have_the_hot_statements_prepared() {
+    // Fragments of the ask limit, both question stores, the answer store and the relay's rows.
+    let hot = [
+        "INSERT INTO rate_logs",
+        "INSERT INTO conversations",
+        "UPDATE conversations SET updated_at = now() WHERE id = $1 AND user_id = $2",
+        "INSERT INTO question_signals",
+        "INSERT INTO answer_streams",
+        "INSERT INTO answer_events",
+    ];
+    let warm = spawn_app_with(|c| {
+        c.db_pool_size = 3;
+        c.db_pool_warm = Some(3);
+    })
+    .await;
+    // Every connection of the pool at once: each was opened, and prepared, at start.
+    let held = futures::future::join_all((0..3).map(|_| warm.state.db.get())).await;
+    for client in &held {
+        let client = client.as_ref().expect("a pooled connection");
+        assert_eq!(prepared_on(client, &hot).await, hot, "a warm connection");
+    }
+    drop(held);
+
+    let cold = spawn_app_with(|c| {
+        c.db_pool_size = 3;
+        c.db_pool_warm = Some(0);
+    })
+    .await;
+    let client = cold.state.db.get().await.unwrap();
+    assert_eq!(
+        prepared_on(&client, &hot).await,
+        Vec::<String>::new(),
+        "a connection opened on demand"
+    );
+}
