@@ -1,10 +1,9 @@
 //! Knowledge gaps: which questions the knowledge base serves badly, grouped by meaning.
 //!
 //! Each answer that ended normally is stored with its question's [`signals`] in
-//! `question_signals` (one statement): the question's vector (from the embedder's
-//! question cache, so no second provider call), the best cosine similarity any passage
-//! reached and its document (the vector index's nearest chunk: one search, no lexical
-//! ranking), and whether the answer was a
+//! `question_signals` (one statement): the question's vector and the best cosine similarity
+//! any passage reached with its document (the vector index's nearest chunk), both from the
+//! answer's own retrieval (no second embedding or search), and whether the answer was a
 //! refusal. [`report`] reads the questions of a window that were refused, rated down, or
 //! answered from passages under the weak-grounding bar, and groups them by meaning with
 //! centroid leader clustering at a cosine threshold ([`cluster`], pure and unit-tested): each
@@ -24,15 +23,14 @@ use protocol::gaps::{Gap, GapExample, GapReason, GapsReport};
 use crate::chat::store::QuestionSignals;
 use crate::error::ApiError;
 use crate::llm::REFUSAL;
+use crate::rag::QuestionReading;
 use crate::state::AppState;
-use crate::upstream::embedding::{EmbedKind, dot};
+use crate::upstream::embedding::dot;
 
 /// Questions a report looks at, newest first: bounds the clustering's time and memory.
 pub const MAX_QUESTIONS: i64 = 5000;
 /// Examples listed per group.
 const EXAMPLES: usize = 5;
-/// Longest an answer's store waits for its question's signals.
-const SIGNALS_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 /// Recency halves every week by default.
 pub const DEFAULT_HALF_LIFE_HOURS: f64 = 168.0;
 
@@ -69,57 +67,31 @@ pub fn is_refusal(answer: &str) -> bool {
 }
 
 /// The signals of an answered question, stored with its answer (see
-/// [`store_answer`](crate::chat::store::store_answer)); `None`, logged, if they cannot be
-/// computed within [`SIGNALS_WITHIN`]: they are never worth failing or holding up an answer for
-/// (the question's vector comes from the question cache; only a miss asks the embedder again).
-pub(crate) async fn signals(
+/// [`store_answer`](crate::chat::store::store_answer)): its vector and nearest chunk as its
+/// retrieval found them (`reading`), so they cost no second embedding or search.
+pub(crate) fn signals(
     state: &AppState,
-    question: &str,
+    reading: QuestionReading,
     answer: &str,
 ) -> Option<QuestionSignals> {
-    let computed =
-        tokio::time::timeout(SIGNALS_WITHIN, compute(state, question, is_refusal(answer)))
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("took longer than {SIGNALS_WITHIN:?}")));
-    match computed {
-        Ok(signals) => Some(signals),
-        Err(e) => {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "could not compute question signals"
-            );
-            None
-        }
-    }
-}
-
-async fn compute(
-    state: &AppState,
-    question: &str,
-    refused: bool,
-) -> anyhow::Result<QuestionSignals> {
-    let rag = state.answerer.rag();
-    let embedder = rag.embedder();
-    // The retrieval just embedded this question: the question cache answers.
-    let vector = embedder
-        .embed(&[question.to_owned()], EmbedKind::Query)
-        .await?
-        .pop()
-        .ok_or_else(|| anyhow::anyhow!("the embedder returned no vector"))?;
-    let embedding: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let dimension = i32::try_from(vector.len())?;
-    let best = rag.nearest(vector).await?;
-    let (best_score, best_document) = best.map_or((None, None), |(score, document)| {
+    let embedder = state.answerer.rag().embedder();
+    let dimension = i32::try_from(reading.vector.len()).ok()?;
+    let embedding: Vec<u8> = reading
+        .vector
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let (best_score, best_document) = reading.nearest.map_or((None, None), |(score, document)| {
         (Some(score), Some(document))
     });
-    Ok(QuestionSignals {
+    Some(QuestionSignals {
         provider: embedder.provider(),
         model: embedder.model().to_owned(),
         dimension,
         embedding,
         best_score,
         best_document,
-        refused,
+        refused: is_refusal(answer),
     })
 }
 

@@ -15,7 +15,7 @@ use protocol::error::ErrorCode;
 
 use crate::config::Config;
 use crate::llm::{ChatModel, Chunk, ContextBlock, Prompt, REFUSAL, SYSTEM_INSTRUCTION, Turn};
-use crate::rag::{Rag, RagError, Retrieved};
+use crate::rag::{QuestionReading, Rag, RagError, Retrieved};
 use crate::upstream::{ProviderError, ProviderErrorKind};
 
 /// A question and the earlier turns of its conversation, oldest first.
@@ -67,6 +67,8 @@ impl From<RagError> for AnswerError {
 pub struct PreparedAnswer {
     pub sources: Vec<Source>,
     pub stream: BoxStream<'static, Result<Chunk, AnswerError>>,
+    /// The question's vector and nearest chunk, from its retrieval (for the gap signals).
+    pub reading: QuestionReading,
 }
 
 /// Characters of a passage shown as a source snippet.
@@ -127,7 +129,18 @@ impl Answerer {
 
     /// The passages a question would be answered from (what `prepare` puts in the prompt).
     pub async fn retrieve(&self, request: &AnswerRequest) -> Result<Vec<Retrieved>, AnswerError> {
-        let mut passages = self.rag.retrieve(&request.question, self.top_k).await?;
+        Ok(self.retrieve_reading(request).await?.0)
+    }
+
+    /// [`retrieve`](Self::retrieve), with what the search learnt about the question alone.
+    async fn retrieve_reading(
+        &self,
+        request: &AnswerRequest,
+    ) -> Result<(Vec<Retrieved>, QuestionReading), AnswerError> {
+        let (mut passages, reading) = self
+            .rag
+            .retrieve_reading(&request.question, self.top_k)
+            .await?;
         // A follow-up ("and for gift cards?") may mean nothing alone: read it with the
         // previous question before giving up.
         if passages.is_empty()
@@ -136,19 +149,20 @@ impl Answerer {
             let combined = format!("{} {}", last.question, request.question);
             passages = self.rag.retrieve(&combined, self.top_k).await?;
         }
-        Ok(passages)
+        Ok((passages, reading))
     }
 
     /// Retrieves context (off the async workers) and opens the model stream. Provider retries
     /// happen inside, before the first delta; an error here means no delta was produced.
     pub async fn prepare(&self, request: AnswerRequest) -> Result<PreparedAnswer, AnswerError> {
-        let passages = self.retrieve(&request).await?;
+        let (passages, reading) = self.retrieve_reading(&request).await?;
         if passages.is_empty() {
             // Nothing relevant: refuse without paying for a model call.
             metrics::counter!("answers_refused_total").increment(1);
             return Ok(PreparedAnswer {
                 sources: Vec::new(),
                 stream: refusal_stream(),
+                reading,
             });
         }
         let sources = passages.iter().map(source_of).collect();
@@ -177,7 +191,11 @@ impl Answerer {
         let stream = stream::iter(first)
             .chain(upstream.map(|item| item.map_err(AnswerError::from)))
             .boxed();
-        Ok(PreparedAnswer { sources, stream })
+        Ok(PreparedAnswer {
+            sources,
+            stream,
+            reading,
+        })
     }
 }
 

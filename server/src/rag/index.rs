@@ -170,6 +170,9 @@ impl VectorIndex {
     }
 }
 
+/// The chunk nearest to a query vector: its row and cosine similarity.
+pub type Nearest = (usize, f32);
+
 /// One retrieved passage with its scores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
@@ -234,20 +237,6 @@ impl KbIndex {
         let v = &self.vectors[row * self.dimension..(row + 1) * self.dimension];
         dot(v, query)
     }
-
-    /// The chunk most similar to `query_vector` by cosine (the vector index's first hit, exact
-    /// for the flat index) and its similarity: no lexical search, no fusion. Blocking.
-    pub fn nearest(&self, query_vector: &[f32]) -> anyhow::Result<Option<(usize, f32)>> {
-        if self.chunks.is_empty() {
-            return Ok(None);
-        }
-        Ok(self
-            .vector_index
-            .search(query_vector, 1)?
-            .into_iter()
-            .find(|(row, _)| *row < self.chunks.len()))
-    }
-
     /// Hybrid search: vector and BM25 rankings fused by reciprocal rank plus
     /// [`COSINE_WEIGHT`]·cosine; hits under
     /// `threshold` cosine are dropped; at most `k` returned, best first. Blocking.
@@ -258,11 +247,29 @@ impl KbIndex {
         k: usize,
         threshold: f32,
     ) -> anyhow::Result<Vec<Hit>> {
+        Ok(self
+            .search_with_nearest(question, query_vector, k, threshold)?
+            .0)
+    }
+
+    /// [`search`](Self::search), and the vector search's nearest chunk whatever `threshold`
+    /// (row and similarity), from the same search.
+    pub fn search_with_nearest(
+        &self,
+        question: &str,
+        query_vector: &[f32],
+        k: usize,
+        threshold: f32,
+    ) -> anyhow::Result<(Vec<Hit>, Option<Nearest>)> {
         if self.chunks.is_empty() || k == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let depth = CANDIDATES.max(k);
         let dense = self.vector_index.search(query_vector, depth)?;
+        let nearest = dense
+            .iter()
+            .find(|(row, _)| *row < self.chunks.len())
+            .copied();
         let lexical = self.lexical.search(question, depth);
         let mut fused: std::collections::HashMap<usize, f32> = std::collections::HashMap::new();
         for (rank, (row, _)) in dense.iter().enumerate() {
@@ -293,7 +300,7 @@ impl KbIndex {
                 .then(a.row.cmp(&b.row))
         });
         hits.truncate(k);
-        Ok(hits)
+        Ok((hits, nearest))
     }
 }
 
@@ -343,6 +350,26 @@ mod tests {
             assert_eq!(hits[0].0, row);
             assert!((hits[0].1 - 1.0).abs() < 1e-4, "{}", hits[0].1);
             assert!(hits[1].1 < hits[0].1);
+        }
+    }
+
+    #[test]
+    fn a_search_reports_the_nearest_chunk_whatever_the_threshold() {
+        let dim = 16;
+        let n = 40;
+        let data = vectors(n, dim);
+        let chunks = (0..n as u32).map(|i| chunk(i, "some words")).collect();
+        let kb = KbIndex::build(chunks, dim, data.clone(), IndexSettings::default()).unwrap();
+        for row in [0, 7, 39] {
+            let query = &data[row * dim..(row + 1) * dim];
+            // A threshold no chunk reaches: no hits, the nearest all the same.
+            let (hits, nearest) = kb.search_with_nearest("words", query, 4, 2.0).unwrap();
+            assert!(hits.is_empty());
+            assert_eq!(
+                nearest,
+                kb.vector_index.search(query, 1).unwrap().first().copied()
+            );
+            assert_eq!(nearest.map(|(r, _)| r), Some(row));
         }
     }
 

@@ -94,6 +94,16 @@ struct Snapshot {
     info: KbInfo,
 }
 
+/// What a retrieval learnt about the question itself, for its knowledge-gap signals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuestionReading {
+    /// The question's vector, as the embedder gave it.
+    pub vector: Vec<f32>,
+    /// The chunk nearest to it over the whole knowledge base, whatever the similarity floor:
+    /// its cosine similarity and document.
+    pub nearest: Option<(f32, String)>,
+}
+
 /// Passages for a question before the relevance decision, with what it is taken on.
 #[derive(Debug, Clone)]
 pub struct Assessed {
@@ -103,6 +113,8 @@ pub struct Assessed {
     pub best_similarity: f32,
     /// Lexical support of the top passages ([`support`]).
     pub support: f32,
+    /// The question's vector and nearest chunk.
+    pub reading: QuestionReading,
 }
 
 /// The knowledge base service: load, reload, search.
@@ -222,6 +234,15 @@ impl Rag {
     /// similarity with too little of the question's rare wording in the top passages.
     /// Embedding and search run off the async workers.
     pub async fn retrieve(&self, question: &str, k: usize) -> Result<Vec<Retrieved>, RagError> {
+        Ok(self.retrieve_reading(question, k).await?.0)
+    }
+
+    /// [`retrieve`](Self::retrieve), with what the search learnt about the question.
+    pub async fn retrieve_reading(
+        &self,
+        question: &str,
+        k: usize,
+    ) -> Result<(Vec<Retrieved>, QuestionReading), RagError> {
         let assessed = self
             .assess(question, k, self.relevance.min_similarity)
             .await?;
@@ -229,25 +250,10 @@ impl Rag {
             .relevance
             .accepts(assessed.best_similarity, assessed.support)
         {
-            Ok(assessed.passages)
+            Ok((assessed.passages, assessed.reading))
         } else {
-            Ok(Vec::new())
+            Ok((Vec::new(), assessed.reading))
         }
-    }
-
-    /// The passage most similar to `query` (an embedded question) over the whole knowledge base:
-    /// its cosine similarity and document. One vector search, off the async workers, without
-    /// the lexical ranking or the passages' texts (what the knowledge-gap signals need).
-    pub async fn nearest(&self, query: Vec<f32>) -> Result<Option<(f32, String)>, RagError> {
-        let index = Arc::clone(&self.current.load().index);
-        let found = tokio::task::spawn_blocking(move || {
-            index
-                .nearest(&query)
-                .map(|hit| hit.map(|(row, score)| (score, index.chunks[row].document.clone())))
-        })
-        .await
-        .context("the search task failed")??;
-        Ok(found)
     }
 
     /// The passages over `threshold` and the lexical support of the top ones, with no relevance
@@ -270,15 +276,22 @@ impl Rag {
         let lexical = Arc::clone(&snapshot.lexical);
         let question = question.to_owned();
         let searched = tokio::task::spawn_blocking(move || {
-            index.search(&question, &query, k, threshold).map(|hits| {
-                let rows: Vec<usize> = hits.iter().take(SUPPORT_PASSAGES).map(|h| h.row).collect();
-                let support = lexical.support(&question, &rows);
-                (index, hits, support)
-            })
+            index
+                .search_with_nearest(&question, &query, k, threshold)
+                .map(|(hits, nearest)| {
+                    let rows: Vec<usize> =
+                        hits.iter().take(SUPPORT_PASSAGES).map(|h| h.row).collect();
+                    let support = lexical.support(&question, &rows);
+                    (index, hits, nearest, support, query)
+                })
         })
         .await
         .context("the search task failed")??;
-        let (index, hits, support) = searched;
+        let (index, hits, nearest, support, vector) = searched;
+        let reading = QuestionReading {
+            vector,
+            nearest: nearest.map(|(row, score)| (score, index.chunks[row].document.clone())),
+        };
         metrics::histogram!("rag_retrieval_seconds").record(started.elapsed().as_secs_f64());
         let passages: Vec<Retrieved> = hits
             .into_iter()
@@ -298,6 +311,7 @@ impl Rag {
             passages,
             best_similarity,
             support,
+            reading,
         })
     }
 }

@@ -206,13 +206,14 @@ pub(crate) async fn generate(
 ) {
     let _end = EndGuard(Arc::clone(&log));
     let message_id = Uuid::new_v4();
-    let streamed = stream::run(&state.answerer, &accepted, prepared, &log).await;
+    let mut streamed = stream::run(&state.answerer, &accepted, prepared, &log).await;
 
     // A complete answer is stored with its question's knowledge-gap signals, in one statement.
-    let signals = if streamed.finish_reason == FinishReason::Stop {
-        crate::gaps::signals(&state, &accepted.question, &streamed.text).await
-    } else {
-        None
+    let signals = match (streamed.finish_reason, streamed.reading.take()) {
+        (FinishReason::Stop, Some(reading)) => {
+            crate::gaps::signals(&state, reading, &streamed.text)
+        }
+        _ => None,
     };
     let record = record::answer_record(message_id, &accepted, &streamed, signals.as_ref());
     let written = record::first_write(&state, &record, &log, streamed.failure.is_some()).await;

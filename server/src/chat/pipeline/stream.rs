@@ -12,6 +12,7 @@ use super::{Accepted, Prepared};
 use crate::chat::log::{AnswerLog, LogEvent};
 use crate::grounding::{AnswerError, AnswerRequest, Answerer};
 use crate::llm::Chunk;
+use crate::rag::QuestionReading;
 
 /// What the stream produced, however it ended.
 pub(super) struct Streamed {
@@ -27,6 +28,8 @@ pub(super) struct Streamed {
     pub(super) latency: Duration,
     /// Why the answer failed, if it did; already in the log as `Failed`.
     pub(super) failure: Option<(ErrorCode, String)>,
+    /// What the retrieval learnt about the question, if it ran.
+    pub(super) reading: Option<QuestionReading>,
 }
 
 /// Prepares the answer to `accepted` (unless `prepared` holds it already) and streams it into
@@ -49,6 +52,7 @@ pub(super) async fn run(
         first_token: None,
         latency: Duration::ZERO,
         failure: None,
+        reading: None,
     };
 
     let prepared = match prepared {
@@ -68,6 +72,7 @@ pub(super) async fn run(
         }
         Some(Ok(prepared)) => {
             streamed.sources = prepared.sources;
+            streamed.reading = Some(prepared.reading);
             log.push(LogEvent::Sources {
                 conversation_id: accepted.conversation_id,
                 sources: streamed.sources.clone(),
