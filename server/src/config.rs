@@ -110,8 +110,9 @@ pub struct Config {
     /// Maximum pooled database connections.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
-    /// Pooled connections opened at start (default: all `DB_POOL_SIZE`), so the first burst
-    /// of questions does not wait on connects and TLS handshakes.
+    /// Pooled connections opened at start (default: all `DB_POOL_SIZE`), each with the ask
+    /// path's statements prepared, so the first burst of questions does not wait on connects,
+    /// TLS handshakes and statement parsing.
     #[arg(long, env = "DB_POOL_WARM")]
     pub db_pool_warm: Option<usize>,
     /// Listen address (port 0 picks a free port).
