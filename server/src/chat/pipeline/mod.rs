@@ -143,21 +143,21 @@ pub(crate) async fn accept_and_prepare(
     question: String,
     conversation_id: Option<Uuid>,
 ) -> Result<(Accepted, Prepared), ApiError> {
-    if conversation_id.is_some() {
-        let accepted = accept(
-            db,
-            instance_id,
-            history_turns,
-            user_id,
-            question,
-            conversation_id,
-        )
-        .await?;
-        return Ok((accepted, None));
-    }
-    let request = AnswerRequest {
+    // A follow-up's prompt needs its stored turns: it is prepared after the store, in `generate`.
+    let request = conversation_id.is_none().then(|| AnswerRequest {
         question: question.clone(),
         history: Vec::new(),
+    });
+    let accepting = accept(
+        db,
+        instance_id,
+        history_turns,
+        user_id,
+        question,
+        conversation_id,
+    );
+    let Some(request) = request else {
+        return Ok((accepting.await?, None));
     };
     let prepare = async {
         Ok::<_, ApiError>(tokio::select! {
@@ -165,11 +165,7 @@ pub(crate) async fn accept_and_prepare(
             () = log.cancelled() => None,
         })
     };
-    let (accepted, prepared) = tokio::try_join!(
-        accept(db, instance_id, history_turns, user_id, question, None),
-        prepare
-    )?;
-    Ok((accepted, prepared))
+    tokio::try_join!(accepting, prepare)
 }
 
 /// Pushes `Rejected` for an error that stopped a question before it was stored.
