@@ -114,19 +114,32 @@ impl Counted {
     }
 }
 
+/// The upsert of [`sliding_hit`], as a literal so other statements can fold it in (`concat!`)
+/// as a CTE: `$1` the key, `$2` the most hits per window (`NULL`: count nothing, the rows
+/// come back empty), `$3` the window in seconds. Its row: `counted` (this hit was counted)
+/// and `retry_after` (whole seconds until the oldest hit leaves the window).
+macro_rules! sliding_hit_sql {
+    () => {
+        "INSERT INTO rate_logs AS r (key, hits) \
+         SELECT $1::text, CASE WHEN $2::bigint > 0 THEN ARRAY[statement_timestamp()] \
+                               ELSE '{}'::timestamptz[] END \
+         WHERE $2::bigint IS NOT NULL \
+         ON CONFLICT (key) DO UPDATE SET hits = ( \
+           SELECT coalesce(array_agg(t ORDER BY t), '{}'::timestamptz[]) \
+                  || CASE WHEN count(*) < $2::bigint THEN ARRAY[statement_timestamp()] \
+                          ELSE '{}'::timestamptz[] END \
+           FROM unnest(r.hits) AS t \
+           WHERE t > statement_timestamp() - make_interval(secs => $3::float8)) \
+         RETURNING coalesce(hits[cardinality(hits)] = statement_timestamp(), false) AS counted, \
+                   greatest(1, ceil(extract(epoch FROM \
+                     hits[1] + make_interval(secs => $3::float8) - statement_timestamp())))::bigint \
+                     AS retry_after"
+    };
+}
+pub(crate) use sliding_hit_sql;
+
 /// [`sliding_hit`]'s statement.
-pub(crate) const SLIDING_HIT_SQL: &str = "INSERT INTO rate_logs AS r (key, hits) \
-             VALUES ($1, CASE WHEN $2::bigint > 0 THEN ARRAY[statement_timestamp()] \
-                              ELSE '{}'::timestamptz[] END) \
-             ON CONFLICT (key) DO UPDATE SET hits = ( \
-               SELECT coalesce(array_agg(t ORDER BY t), '{}'::timestamptz[]) \
-                      || CASE WHEN count(*) < $2::bigint THEN ARRAY[statement_timestamp()] \
-                              ELSE '{}'::timestamptz[] END \
-               FROM unnest(r.hits) AS t \
-               WHERE t > statement_timestamp() - make_interval(secs => $3)) \
-             RETURNING coalesce(hits[cardinality(hits)] = statement_timestamp(), false), \
-                       greatest(1, ceil(extract(epoch FROM \
-                         hits[1] + make_interval(secs => $3) - statement_timestamp())))::bigint";
+pub(crate) const SLIDING_HIT_SQL: &str = sliding_hit_sql!();
 
 /// Counts one hit under `key` in a sliding window of `window_secs` (the `rate_logs` table,
 /// shared by every instance) unless `max` hits are already in it: `Ok(())` when counted,

@@ -26,21 +26,14 @@ use crate::state::AppState;
 const DEFAULT_PAGE: u32 = 20;
 const MAX_PAGE: u32 = 100;
 
-/// Checks, stores the question and starts generating; the answer task runs to its end on
-/// `state.tasks` even if the caller goes away.
+/// Checks, counts against the ask limit and stores the question (one statement), and starts
+/// generating; the answer task runs to its end on `state.tasks` even if the caller goes away.
 async fn start(
     state: &AppState,
     user: &AuthUser,
     request: ChatRequest,
 ) -> ApiResult<Arc<AnswerLog>> {
-    pipeline::admit(
-        &state.config,
-        &state.db,
-        &state.sessions,
-        user.id,
-        &request.message,
-    )
-    .await?;
+    pipeline::validate(&state.config, &request.message)?;
     let accepted = pipeline::accept(
         &state.db,
         state.cluster.instance_id(),
@@ -48,6 +41,7 @@ async fn start(
         user.id,
         request.message,
         request.conversation_id,
+        Some(state.config.asks_per_minute),
     )
     .await?;
     let log = AnswerLog::new();

@@ -21,37 +21,84 @@ pub(crate) struct StoredQuestion {
     pub history: Vec<Turn>,
 }
 
-/// [`store_question`]'s statement for a question that opens a conversation.
-pub(crate) const NEW_QUESTION_SQL: &str = "WITH conversation AS ( \
-                   INSERT INTO conversations (id, user_id, title) VALUES ($1, $2, $3)), \
-                 question AS ( \
-                   INSERT INTO messages (id, conversation_id, user_id, role, content, status) \
-                   VALUES ($4, $1, $2, 'user', $5, 'complete')) \
-                 INSERT INTO answers_in_flight (question_id, instance_id) VALUES ($4, $6)";
+/// An asks-per-minute limit counted in the same statement that stores the question (see
+/// [`store_question`]): at most `max` asks under `key` per `window_secs`.
+pub(crate) struct AskLimit<'a> {
+    pub key: &'a str,
+    pub max: u32,
+    pub window_secs: u64,
+}
 
-/// [`store_question`]'s statement for a question in an existing conversation.
-pub(crate) const FOLLOW_UP_SQL: &str = "WITH touched AS ( \
-               UPDATE conversations SET updated_at = now() \
-               WHERE id = $1 AND user_id = $2 RETURNING id), \
-             question AS ( \
-               INSERT INTO messages (id, conversation_id, user_id, role, content, status) \
-               SELECT $3, id, $2, 'user', $4, 'complete' FROM touched RETURNING id), \
-             in_flight AS ( \
-               INSERT INTO answers_in_flight (question_id, instance_id) \
-               SELECT id, $5 FROM question), \
-             recent AS ( \
-               SELECT q.content AS question, a.content AS answer, a.created_at, a.id \
-               FROM messages a JOIN messages q ON q.id = a.reply_to \
-               WHERE a.conversation_id = (SELECT id FROM touched) AND a.role = 'assistant' \
-                 AND a.status = 'complete' \
-               ORDER BY a.created_at DESC, a.id DESC LIMIT $6) \
-             SELECT EXISTS (SELECT 1 FROM touched), \
-               coalesce((SELECT array_agg(question ORDER BY created_at DESC, id DESC) FROM recent), \
-                        '{}'::text[]), \
-               coalesce((SELECT array_agg(answer ORDER BY created_at DESC, id DESC) FROM recent), \
-                        '{}'::text[])";
+/// What [`store_question`] did: stored the question, or counted nothing and stored nothing
+/// because the ask limit was reached (whole seconds until an ask is admitted again).
+pub(crate) enum Stored {
+    Question(StoredQuestion),
+    Limited { retry_after_secs: u64 },
+}
 
-/// In one statement (one round trip, atomic without a transaction block): checks the
+/// [`store_question`]'s statement for a question that opens a conversation. `$1`–`$3` are the
+/// ask limit's ([`crate::throttle::sliding_hit_sql`]); the rows are written only if it counted
+/// the ask (or was not asked to count).
+pub(crate) const NEW_QUESTION_SQL: &str = concat!(
+    "WITH hit AS (",
+    crate::throttle::sliding_hit_sql!(),
+    "), \
+     admitted AS (SELECT coalesce((SELECT counted FROM hit), true) AS ok), \
+     conversation AS ( \
+       INSERT INTO conversations (id, user_id, title) \
+       SELECT $4::uuid, $5::uuid, $6::text FROM admitted WHERE ok), \
+     question AS ( \
+       INSERT INTO messages (id, conversation_id, user_id, role, content, status) \
+       SELECT $7::uuid, $4::uuid, $5::uuid, 'user', $8::text, 'complete' FROM admitted WHERE ok), \
+     in_flight AS ( \
+       INSERT INTO answers_in_flight (question_id, instance_id) \
+       SELECT $7::uuid, $9::uuid FROM admitted WHERE ok) \
+     SELECT ok, (SELECT retry_after FROM hit) FROM admitted"
+);
+
+/// [`store_question`]'s statement for a question in an existing conversation; `$1`–`$3` as in
+/// [`NEW_QUESTION_SQL`].
+pub(crate) const FOLLOW_UP_SQL: &str = concat!(
+    "WITH hit AS (",
+    crate::throttle::sliding_hit_sql!(),
+    "), \
+     admitted AS (SELECT coalesce((SELECT counted FROM hit), true) AS ok), \
+     touched AS ( \
+       UPDATE conversations SET updated_at = now() \
+       WHERE id = $4 AND user_id = $5 AND (SELECT ok FROM admitted) RETURNING id), \
+     question AS ( \
+       INSERT INTO messages (id, conversation_id, user_id, role, content, status) \
+       SELECT $6::uuid, id, $5::uuid, 'user', $7::text, 'complete' FROM touched RETURNING id), \
+     in_flight AS ( \
+       INSERT INTO answers_in_flight (question_id, instance_id) \
+       SELECT id, $8::uuid FROM question), \
+     recent AS ( \
+       SELECT q.content AS question, a.content AS answer, a.created_at, a.id \
+       FROM messages a JOIN messages q ON q.id = a.reply_to \
+       WHERE a.conversation_id = (SELECT id FROM touched) AND a.role = 'assistant' \
+         AND a.status = 'complete' \
+       ORDER BY a.created_at DESC, a.id DESC LIMIT $9) \
+     SELECT (SELECT ok FROM admitted), (SELECT retry_after FROM hit), \
+       EXISTS (SELECT 1 FROM touched), \
+       coalesce((SELECT array_agg(question ORDER BY created_at DESC, id DESC) FROM recent), \
+                '{}'::text[]), \
+       coalesce((SELECT array_agg(answer ORDER BY created_at DESC, id DESC) FROM recent), \
+                '{}'::text[])"
+);
+
+/// The verdict of a question statement's ask limit: `Some(retry_after_secs)` if it was not
+/// admitted.
+fn limited(row: &Row, limit: Option<&AskLimit<'_>>) -> Result<Option<u64>, ApiError> {
+    if row.try_get::<_, bool>(0)? {
+        return Ok(None);
+    }
+    let window = limit.map_or(1, |l| l.window_secs.max(1));
+    let retry: Option<i64> = row.try_get(1)?;
+    Ok(Some(retry.map_or(window, i64::unsigned_abs)))
+}
+
+/// In one statement (one round trip, atomic without a transaction block): counts the ask
+/// against `limit` if one is given (nothing is stored if the limit is reached), checks the
 /// conversation is the user's (or starts one), reads its last `history_turns` complete
 /// exchanges, and stores the question with its `answers_in_flight` row (naming this process
 /// as the one answering, so the answer is marked interrupted if the process dies first; see
@@ -63,17 +110,24 @@ pub(crate) async fn store_question(
     conversation_id: Option<Uuid>,
     question: &str,
     history_turns: usize,
-) -> Result<StoredQuestion, ApiError> {
+    limit: Option<&AskLimit<'_>>,
+) -> Result<Stored, ApiError> {
     let question_id = Uuid::new_v4();
+    let key = limit.map(|l| l.key);
+    let max = limit.map(|l| i64::from(l.max));
+    let window = limit.map_or(1.0, |l| l.window_secs.max(1) as f64);
     let Some(id) = conversation_id else {
         // The new conversation, the question and its in-flight row: the foreign keys are checked
         // at the statement's end, when all three rows exist.
         let id = Uuid::new_v4();
         let insert = client.prepare_cached(NEW_QUESTION_SQL).await?;
-        client
-            .execute(
+        let row = client
+            .query_one(
                 &insert,
                 &[
+                    &key,
+                    &max,
+                    &window,
                     &id,
                     &user_id,
                     &title_of(question),
@@ -83,39 +137,56 @@ pub(crate) async fn store_question(
                 ],
             )
             .await?;
-        return Ok(StoredQuestion {
+        if let Some(retry_after_secs) = limited(&row, limit)? {
+            return Ok(Stored::Limited { retry_after_secs });
+        }
+        return Ok(Stored::Question(StoredQuestion {
             question_id,
             conversation_id: id,
             history: Vec::new(),
-        });
+        }));
     };
     // Touches the conversation if it is the user's; only then stores the question. The history
     // is read from the statement's snapshot, so it never holds the question itself. One row
-    // comes back: whether the conversation was found, and the turns, newest first, as arrays.
+    // comes back: the limit's verdict, whether the conversation was found, and the turns,
+    // newest first, as arrays.
     let ask = client.prepare_cached(FOLLOW_UP_SQL).await?;
-    let limit = i64::try_from(history_turns).unwrap_or(i64::MAX);
+    let turns = i64::try_from(history_turns).unwrap_or(i64::MAX);
     let row = client
         .query_one(
             &ask,
-            &[&id, &user_id, &question_id, &question, &instance_id, &limit],
+            &[
+                &key,
+                &max,
+                &window,
+                &id,
+                &user_id,
+                &question_id,
+                &question,
+                &instance_id,
+                &turns,
+            ],
         )
         .await?;
-    if !row.try_get::<_, bool>(0)? {
+    if let Some(retry_after_secs) = limited(&row, limit)? {
+        return Ok(Stored::Limited { retry_after_secs });
+    }
+    if !row.try_get::<_, bool>(2)? {
         return Err(ApiError::NotFound("no such conversation"));
     }
-    let questions: Vec<String> = row.try_get(1)?;
-    let answers: Vec<String> = row.try_get(2)?;
+    let questions: Vec<String> = row.try_get(3)?;
+    let answers: Vec<String> = row.try_get(4)?;
     let mut history: Vec<Turn> = questions
         .into_iter()
         .zip(answers)
         .map(|(question, answer)| Turn { question, answer })
         .collect();
     history.reverse();
-    Ok(StoredQuestion {
+    Ok(Stored::Question(StoredQuestion {
         question_id,
         conversation_id: id,
         history,
-    })
+    }))
 }
 
 pub(crate) fn title_of(question: &str) -> String {

@@ -433,6 +433,46 @@ async fn asks_per_minute_are_limited_per_user_across_socket_and_rest() {
     assert_eq!(response.status(), 200);
 }
 
+/// REST counts the limit in the statement that stores the question: an ask over it, new or a
+/// follow-up, stores nothing and counts nothing.
+#[tokio::test]
+async fn a_rest_ask_over_the_limit_stores_nothing() {
+    let app = spawn_app_with(|c| c.asks_per_minute = 2).await;
+    let alice = app.user_tokens("alice").await;
+    let ask_rest = |body: Value| {
+        let (app, token) = (&app, alice.access.clone());
+        async move { app.post_json_authed("/api/chat/", &token, &body).await }
+    };
+    let first = ask_rest(json!({"message": "How long do refunds take?"})).await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let conversation = first["conversation_id"].as_str().unwrap().to_owned();
+    let follow_up = json!({"message": "And for a gift?", "conversation_id": conversation});
+    assert_eq!(ask_rest(follow_up.clone()).await.status(), 200);
+
+    for body in [json!({"message": "Where is my parcel?"}), follow_up] {
+        let response = ask_rest(body).await;
+        assert_eq!(response.status(), 429);
+        let retry: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "retry-after {retry}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "rate_limited");
+    }
+    // Two questions and their answers, in one conversation; nothing of the refused asks, and
+    // only the two admitted asks in the limit's log.
+    assert_eq!(app.count("SELECT count(*) FROM messages").await, 4);
+    assert_eq!(app.count("SELECT count(*) FROM conversations").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM answers_in_flight").await, 0);
+    let hits = app
+        .count("SELECT sum(cardinality(hits))::bigint FROM rate_logs WHERE key LIKE 'asks:%'")
+        .await;
+    assert_eq!(hits, 2);
+}
+
 #[tokio::test]
 async fn answers_in_flight_per_connection_are_limited() {
     let (app, _stats) = spawn_with_fake(|c| c.ws_max_in_flight = 1).await;

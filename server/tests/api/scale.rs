@@ -178,7 +178,7 @@ async fn warm_connections_have_the_hot_statements_prepared() {
     let hot = [
         "INSERT INTO rate_logs",
         "INSERT INTO conversations",
-        "UPDATE conversations SET updated_at = now() WHERE id = $1 AND user_id = $2",
+        "UPDATE conversations SET updated_at = now() WHERE id = $4 AND user_id = $5",
         "INSERT INTO question_signals",
         "INSERT INTO answer_streams",
         "INSERT INTO answer_events",

@@ -5,7 +5,9 @@
 //! 1. `admit`: the question's length and the asks-per-minute limit (nothing stored yet);
 //! 2. `accept`: the question stored, in its conversation or a new one, with the recent turns read
 //!    for the prompt (or `reject`: the refusal written to the log); on the socket,
-//!    `accept_and_prepare` runs a new conversation's retrieval and model call meanwhile;
+//!    `accept_and_prepare` runs a new conversation's retrieval and model call meanwhile. REST
+//!    checks the question with `validate` and counts the limit in `accept`'s own statement
+//!    (one round trip fewer);
 //! 3. `generate`, in a task of its own (independent of whoever asked, so a disconnect does not
 //!    stop it), in three steps:
 //!    - `stream`: retrieval + prompt, then the model's deltas into the answer's [`AnswerLog`],
@@ -39,16 +41,8 @@ use crate::grounding::{AnswerError, AnswerRequest, Answerer, PreparedAnswer};
 use crate::llm::Turn;
 use crate::state::AppState;
 
-/// Checks a question and counts it against the user's asks-per-minute limit, shared by every
-/// instance (`rate_logs`, one statement). If the database cannot be asked, this instance's own
-/// count applies instead, so the limit never falls away entirely.
-pub(crate) async fn admit(
-    config: &Config,
-    db: &Pool,
-    sessions: &SessionRegistry,
-    user_id: Uuid,
-    question: &str,
-) -> Result<(), ApiError> {
+/// Checks a question's text: not blank, not too long.
+pub(crate) fn validate(config: &Config, question: &str) -> Result<(), ApiError> {
     if question.trim().is_empty() {
         return Err(ApiError::validation("message", "must not be empty"));
     }
@@ -59,8 +53,37 @@ pub(crate) async fn admit(
             format!("must be at most {max} characters"),
         ));
     }
+    Ok(())
+}
+
+/// The key of a user's asks-per-minute limit in `rate_logs`.
+fn ask_key(user_id: Uuid) -> String {
+    format!("asks:{user_id}")
+}
+
+/// The refusal of an ask over the asks-per-minute limit.
+fn over_limit(per_minute: u32, retry_after_secs: u64) -> ApiError {
+    ApiError::RateLimited {
+        message: format!(
+            "at most {per_minute} questions per minute; try again in {retry_after_secs} s"
+        ),
+        retry_after_secs,
+    }
+}
+
+/// Checks a question and counts it against the user's asks-per-minute limit, shared by every
+/// instance (`rate_logs`, one statement). If the database cannot be asked, this instance's own
+/// count applies instead, so the limit never falls away entirely.
+pub(crate) async fn admit(
+    config: &Config,
+    db: &Pool,
+    sessions: &SessionRegistry,
+    user_id: Uuid,
+    question: &str,
+) -> Result<(), ApiError> {
+    validate(config, question)?;
     let per_minute = config.asks_per_minute;
-    let key = format!("asks:{user_id}");
+    let key = ask_key(user_id);
     let shared = async {
         let client = db.get().await?;
         crate::throttle::sliding_hit(&client, &key, per_minute, 60).await
@@ -72,12 +95,7 @@ pub(crate) async fn admit(
             sessions.check_rate(user_id, per_minute)
         }
     };
-    verdict.map_err(|retry_after_secs| ApiError::RateLimited {
-        message: format!(
-            "at most {per_minute} questions per minute; try again in {retry_after_secs} s"
-        ),
-        retry_after_secs,
-    })
+    verdict.map_err(|retry_after_secs| over_limit(per_minute, retry_after_secs))
 }
 
 /// A question that has been stored and is ready to be answered.
@@ -94,9 +112,11 @@ pub(crate) struct Accepted {
 /// [`accept_and_prepare`]).
 pub(crate) type Prepared = Option<Result<PreparedAnswer, AnswerError>>;
 
-/// Stores the question (in `conversation_id`, which must be the user's, or in a new
-/// conversation, marked as being answered by `instance_id`) and reads the last `history_turns`
-/// turns for the prompt.
+/// Stores a question (see [`store::store_question`]). With `asks_per_minute`, the question is
+/// also counted against the user's asks-per-minute limit in the same statement, and neither
+/// counted nor stored if the limit is reached: for a caller that checked it with [`validate`]
+/// instead of [`admit`]. (Without the database the question could not be stored either, so
+/// [`admit`]'s local count has no use there.)
 pub(crate) async fn accept(
     db: &Pool,
     instance_id: Uuid,
@@ -104,8 +124,18 @@ pub(crate) async fn accept(
     user_id: Uuid,
     question: String,
     conversation_id: Option<Uuid>,
+    asks_per_minute: Option<u32>,
 ) -> Result<Accepted, ApiError> {
     let asked_at = Instant::now();
+    let key = asks_per_minute.map(|_| ask_key(user_id));
+    let limit = key
+        .as_deref()
+        .zip(asks_per_minute)
+        .map(|(key, max)| store::AskLimit {
+            key,
+            max,
+            window_secs: 60,
+        });
     let client = db.get().await?;
     let stored = store::store_question(
         &client,
@@ -114,8 +144,16 @@ pub(crate) async fn accept(
         conversation_id,
         &question,
         history_turns,
+        limit.as_ref(),
     )
     .await?;
+    let stored = match stored {
+        store::Stored::Question(stored) => stored,
+        store::Stored::Limited { retry_after_secs } => {
+            let per_minute = asks_per_minute.unwrap_or_default();
+            return Err(over_limit(per_minute, retry_after_secs));
+        }
+    };
     Ok(Accepted {
         user_id,
         question,
@@ -155,6 +193,7 @@ pub(crate) async fn accept_and_prepare(
         user_id,
         question,
         conversation_id,
+        None,
     );
     let Some(request) = request else {
         return Ok((accepting.await?, None));
