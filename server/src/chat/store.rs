@@ -258,7 +258,8 @@ pub(crate) async fn store_answer(
     client: &impl GenericClient,
     record: &AnswerRecord<'_>,
 ) -> Result<(), ApiError> {
-    let sources = serde_json::to_value(record.sources).map_err(anyhow::Error::from)?;
+    // Written straight into the statement's buffer, without a `serde_json::Value` in between.
+    let sources = tokio_postgres::types::Json(record.sources);
     let insert = client.prepare_cached(STORE_ANSWER_SQL).await?;
     let tokens = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let signals = record.signals;
