@@ -1,6 +1,9 @@
 use server::config::{Command, Config};
 use server::startup::{Application, shutdown_on_signal};
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Config::from_env_and_args();
