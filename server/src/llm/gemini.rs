@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use futures::future::BoxFuture;
 use protocol::chat::Usage;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::stream::{self, Chunks, StreamEvent};
 use super::{ChatModel, ChatStream, Prompt};
@@ -30,47 +30,100 @@ pub struct GeminiChatOptions {
 pub struct GeminiChat {
     client: reqwest::Client,
     options: GeminiChatOptions,
+    /// The model's `streamGenerateContent` address, parsed once.
+    url: reqwest::Url,
+}
+
+/// A `generateContent` request, serialised straight from the prompt's text (no JSON tree of
+/// copies in between).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateRequest<'a> {
+    contents: Vec<RequestContent<'a>>,
+    system_instruction: RequestContent<'a>,
+    generation_config: GenerationConfig,
+}
+
+#[derive(Serialize)]
+struct RequestContent<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    parts: [TextPart<'a>; 1],
+}
+
+impl<'a> RequestContent<'a> {
+    fn new(role: Option<&'static str>, text: &'a str) -> Self {
+        Self {
+            role,
+            parts: [TextPart { text }],
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TextPart<'a> {
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig {
+    temperature: f32,
+    max_output_tokens: u32,
+    thinking_config: ThinkingConfig,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ThinkingConfig {
+    thinking_budget: i32,
 }
 
 impl GeminiChat {
-    pub fn new(client: reqwest::Client, options: GeminiChatOptions) -> Self {
-        Self { client, options }
-    }
-
-    fn url(&self) -> String {
-        format!(
+    /// Fails if the base URL and model do not make a valid address.
+    pub fn new(client: reqwest::Client, options: GeminiChatOptions) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(&format!(
             "{}/v1beta/models/{}:streamGenerateContent?alt=sse",
-            self.options.base_url.trim_end_matches('/'),
-            self.options.model
-        )
-    }
-
-    /// The request body: earlier turns as `user`/`model` contents, the grounding instruction as
-    /// `systemInstruction`, the context and question as the last user turn.
-    pub fn body(&self, prompt: &Prompt) -> serde_json::Value {
-        let mut contents = Vec::new();
-        for turn in &prompt.history {
-            contents.push(json!({"role": "user", "parts": [{"text": turn.question}]}));
-            contents.push(json!({"role": "model", "parts": [{"text": turn.answer}]}));
-        }
-        contents.push(json!({"role": "user", "parts": [{"text": prompt.user_message()}]}));
-        json!({
-            "contents": contents,
-            "systemInstruction": {"parts": [{"text": prompt.system}]},
-            "generationConfig": {
-                "temperature": TEMPERATURE,
-                "maxOutputTokens": self.options.max_output_tokens,
-                "thinkingConfig": {"thinkingBudget": self.options.thinking_budget},
-            },
+            options.base_url.trim_end_matches('/'),
+            options.model
+        ))
+        .context("the Gemini base URL and model do not make a valid address")?;
+        Ok(Self {
+            client,
+            options,
+            url,
         })
     }
 
-    async fn open_once(&self, body: &serde_json::Value) -> Result<ChatStream, ProviderError> {
+    /// The request body: earlier turns as `user`/`model` contents, the grounding instruction as
+    /// `systemInstruction`, the context and question (`user_message`, see
+    /// [`Prompt::user_message`]) as the last user turn.
+    fn body<'a>(&self, prompt: &'a Prompt, user_message: &'a str) -> GenerateRequest<'a> {
+        let mut contents = Vec::with_capacity(prompt.history.len() * 2 + 1);
+        for turn in &prompt.history {
+            contents.push(RequestContent::new(Some("user"), &turn.question));
+            contents.push(RequestContent::new(Some("model"), &turn.answer));
+        }
+        contents.push(RequestContent::new(Some("user"), user_message));
+        GenerateRequest {
+            contents,
+            system_instruction: RequestContent::new(None, &prompt.system),
+            generation_config: GenerationConfig {
+                temperature: TEMPERATURE,
+                max_output_tokens: self.options.max_output_tokens,
+                thinking_config: ThinkingConfig {
+                    thinking_budget: self.options.thinking_budget,
+                },
+            },
+        }
+    }
+
+    async fn open_once(&self, body: &GenerateRequest<'_>) -> Result<ChatStream, ProviderError> {
         // Retries happen one level up, in `open_with_retry`, so that a stream that breaks before
         // its first delta is retried too.
         let request = self
             .client
-            .post(self.url())
+            .post(self.url.clone())
             .header("x-goog-api-key", self.options.api_key.expose())
             .json(body);
         let response = http::send_once(PROVIDER, request).await?;
@@ -88,7 +141,8 @@ impl ChatModel for GeminiChat {
         prompt: &'a Prompt,
     ) -> BoxFuture<'a, Result<ChatStream, ProviderError>> {
         Box::pin(async move {
-            let body = self.body(prompt);
+            let user_message = prompt.user_message();
+            let body = self.body(prompt, &user_message);
             stream::open_with_retry(self.options.first_token_timeout, || self.open_once(&body))
                 .await
         })

@@ -140,7 +140,7 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<dyn ChatModel>> {
                     max_output_tokens: config.max_output_tokens,
                     first_token_timeout: Duration::from_secs(config.provider_timeout_secs),
                 },
-            ))
+            )?)
         }
         LlmProvider::Openai => {
             let model = config.llm_model.clone().ok_or_else(|| {

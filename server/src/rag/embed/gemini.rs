@@ -1,8 +1,8 @@
 //! Gemini embeddings: `models/{model}:batchEmbedContents`.
 
+use anyhow::Context;
 use futures::future::BoxFuture;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::{GEMINI_THRESHOLD, embed_in_batches, post_json};
 use crate::config::Secret;
@@ -15,47 +15,82 @@ pub const GEMINI_MAX_BATCH: usize = 100;
 
 pub struct GeminiEmbedder {
     client: reqwest::Client,
-    base_url: String,
     api_key: Secret,
     model: String,
+    /// `models/{model}`, as each request of a batch names it.
+    model_path: String,
+    /// The model's `batchEmbedContents` address, parsed once.
+    url: reqwest::Url,
     dimension: usize,
 }
 
+/// A `batchEmbedContents` body, serialised straight from the texts.
+#[derive(Serialize)]
+struct BatchRequest<'a> {
+    requests: Vec<EmbedRequest<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EmbedRequest<'a> {
+    model: &'a str,
+    content: EmbedContent<'a>,
+    task_type: &'static str,
+    output_dimensionality: usize,
+}
+
+#[derive(Serialize)]
+struct EmbedContent<'a> {
+    parts: [EmbedPart<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct EmbedPart<'a> {
+    text: &'a str,
+}
+
 impl GeminiEmbedder {
+    /// Fails if the base URL and model do not make a valid address.
     pub fn new(
         client: reqwest::Client,
         base_url: String,
         api_key: Secret,
         model: String,
         dimension: usize,
-    ) -> Self {
-        Self {
+    ) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(&format!(
+            "{}/v1beta/models/{model}:batchEmbedContents",
+            base_url.trim_end_matches('/'),
+        ))
+        .context("the Gemini base URL and embedding model do not make a valid address")?;
+        Ok(Self {
             client,
-            base_url,
             api_key,
+            model_path: format!("models/{model}"),
             model,
+            url,
             dimension,
-        }
+        })
     }
 
     /// One `batchEmbedContents` request per text, each naming the model, task and size.
-    fn batch_body(&self, batch: &[String], kind: EmbedKind) -> serde_json::Value {
-        let task = match kind {
+    fn batch_body<'a>(&'a self, batch: &'a [String], kind: EmbedKind) -> BatchRequest<'a> {
+        let task_type = match kind {
             EmbedKind::Document => "RETRIEVAL_DOCUMENT",
             EmbedKind::Query => "RETRIEVAL_QUERY",
         };
-        let requests: Vec<_> = batch
+        let requests = batch
             .iter()
-            .map(|t| {
-                json!({
-                    "model": format!("models/{}", self.model),
-                    "content": {"parts": [{"text": t}]},
-                    "taskType": task,
-                    "outputDimensionality": self.dimension,
-                })
+            .map(|text| EmbedRequest {
+                model: &self.model_path,
+                content: EmbedContent {
+                    parts: [EmbedPart { text }],
+                },
+                task_type,
+                output_dimensionality: self.dimension,
             })
             .collect();
-        json!({ "requests": requests })
+        BatchRequest { requests }
     }
 }
 
@@ -93,11 +128,6 @@ impl Embedder for GeminiEmbedder {
         kind: EmbedKind,
     ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, ProviderError>> {
         Box::pin(async move {
-            let url = &format!(
-                "{}/v1beta/models/{}:batchEmbedContents",
-                self.base_url.trim_end_matches('/'),
-                self.model
-            );
             embed_in_batches(
                 texts,
                 GEMINI_MAX_BATCH,
@@ -106,7 +136,7 @@ impl Embedder for GeminiEmbedder {
                     let body = self.batch_body(batch, kind);
                     let parsed: GeminiBatchResponse = post_json("gemini", || {
                         self.client
-                            .post(url)
+                            .post(self.url.clone())
                             .header("x-goog-api-key", self.api_key.expose())
                             .json(&body)
                     })

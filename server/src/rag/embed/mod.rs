@@ -65,7 +65,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
                     .clone()
                     .unwrap_or_else(|| GEMINI_EMBEDDING_MODEL.to_owned()),
                 config.embedding_dim,
-            ))
+            )?)
         }
         EmbeddingProvider::Openai => {
             let model = config.embedding_model.clone().ok_or_else(|| {
