@@ -1,6 +1,10 @@
 //! Conversations and messages in PostgreSQL: plain functions over a client, `prepare_cached`,
 //! explicit row mapping. Every query is scoped by the owning user, so another user's rows are
 //! indistinguishable from missing ones.
+//!
+//! Why one file: the statements here write and read the same rows and must agree on them (a
+//! question's in-flight row and ask-limit hit, its answer's `reply_to` and gap signals, the
+//! history and pages that read both back); split apart, that agreement would span files.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
