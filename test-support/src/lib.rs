@@ -64,3 +64,12 @@ pub async fn within_one_window(window_secs: u64, needed: std::time::Duration) {
         tokio::time::sleep(left + std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A response's `Retry-After`, in whole seconds (panics if it is missing or not a number).
+pub fn retry_after_secs(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .expect("an ASCII Retry-After")
+        .parse()
+        .expect("Retry-After in seconds")
+}

@@ -453,11 +453,7 @@ async fn a_rest_ask_over_the_limit_stores_nothing() {
     for body in [json!({"message": "Where is my parcel?"}), follow_up] {
         let response = ask_rest(body).await;
         assert_eq!(response.status(), 429);
-        let retry: u64 = response.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let retry = test_support::retry_after_secs(&response);
         assert!((1..=60).contains(&retry), "retry-after {retry}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "rate_limited");

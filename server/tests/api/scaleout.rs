@@ -299,11 +299,7 @@ async fn asks_per_minute_and_sockets_per_user_hold_across_instances() {
             .post_json_authed("/api/chat/", &user.access, &json!({"message": "one more"}))
             .await;
         assert_eq!(response.status(), 429);
-        let retry: u64 = response.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let retry = test_support::retry_after_secs(&response);
         assert!((1..=60).contains(&retry), "{retry}");
     }
     let mut on_b = chat_on(b.addr, &user.access).await;
