@@ -159,8 +159,17 @@ pub async fn sliding_hit(
     let max = i64::from(max);
     let window = window_secs.max(1) as f64;
     let row = db.query_one(&statement, &[&key, &max, &window]).await?;
-    let counted: bool = row.try_get(0)?;
-    if counted {
+    sliding_verdict(&row, window_secs)
+}
+
+/// The verdict of a row whose first two columns are [`sliding_hit_sql`]'s `counted` and
+/// `retry_after` (its own, or a statement's that folds it in): `Ok(())` when counted,
+/// `Err(retry_after_secs)` otherwise.
+pub(crate) fn sliding_verdict(
+    row: &tokio_postgres::Row,
+    window_secs: u64,
+) -> Result<Result<(), u64>, ApiError> {
+    if row.try_get::<_, bool>(0)? {
         return Ok(Ok(()));
     }
     let retry: Option<i64> = row.try_get(1)?;

@@ -40,15 +40,25 @@ pub(crate) enum Stored {
     Limited { retry_after_secs: u64 },
 }
 
+/// The head of both question statements: the ask limit's upsert (`hit`, parameters `$1`–`$3`,
+/// see [`crate::throttle::sliding_hit_sql`]) and whether the ask may be stored (`admitted.ok`:
+/// the hit counted, or no limit was asked for).
+macro_rules! ask_limit_ctes {
+    () => {
+        concat!(
+            "WITH hit AS (",
+            crate::throttle::sliding_hit_sql!(),
+            "), admitted AS (SELECT coalesce((SELECT counted FROM hit), true) AS ok), "
+        )
+    };
+}
+
 /// [`store_question`]'s statement for a question that opens a conversation. `$1`–`$3` are the
 /// ask limit's ([`crate::throttle::sliding_hit_sql`]); the rows are written only if it counted
 /// the ask (or was not asked to count).
 pub(crate) const NEW_QUESTION_SQL: &str = concat!(
-    "WITH hit AS (",
-    crate::throttle::sliding_hit_sql!(),
-    "), \
-     admitted AS (SELECT coalesce((SELECT counted FROM hit), true) AS ok), \
-     conversation AS ( \
+    ask_limit_ctes!(),
+    "conversation AS ( \
        INSERT INTO conversations (id, user_id, title) \
        SELECT $4::uuid, $5::uuid, $6::text FROM admitted WHERE ok), \
      question AS ( \
@@ -63,11 +73,8 @@ pub(crate) const NEW_QUESTION_SQL: &str = concat!(
 /// [`store_question`]'s statement for a question in an existing conversation; `$1`–`$3` as in
 /// [`NEW_QUESTION_SQL`].
 pub(crate) const FOLLOW_UP_SQL: &str = concat!(
-    "WITH hit AS (",
-    crate::throttle::sliding_hit_sql!(),
-    "), \
-     admitted AS (SELECT coalesce((SELECT counted FROM hit), true) AS ok), \
-     touched AS ( \
+    ask_limit_ctes!(),
+    "touched AS ( \
        UPDATE conversations SET updated_at = now() \
        WHERE id = $4 AND user_id = $5 AND (SELECT ok FROM admitted) RETURNING id), \
      question AS ( \
@@ -90,15 +97,11 @@ pub(crate) const FOLLOW_UP_SQL: &str = concat!(
                 '{}'::text[])"
 );
 
-/// The verdict of a question statement's ask limit: `Some(retry_after_secs)` if it was not
-/// admitted.
+/// The verdict of a question statement's ask limit (its first two columns): `Some(retry after,
+/// in seconds)` if the ask was not admitted.
 fn limited(row: &Row, limit: Option<&AskLimit<'_>>) -> Result<Option<u64>, ApiError> {
-    if row.try_get::<_, bool>(0)? {
-        return Ok(None);
-    }
-    let window = limit.map_or(1, |l| l.window_secs.max(1));
-    let retry: Option<i64> = row.try_get(1)?;
-    Ok(Some(retry.map_or(window, i64::unsigned_abs)))
+    let window_secs = limit.map_or(1, |l| l.window_secs);
+    Ok(crate::throttle::sliding_verdict(row, window_secs)?.err())
 }
 
 /// In one statement (one round trip, atomic without a transaction block): counts the ask

@@ -56,6 +56,9 @@ pub(crate) fn validate(config: &Config, question: &str) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// The window of the asks-per-minute limit.
+const ASK_WINDOW_SECS: u64 = 60;
+
 /// The key of a user's asks-per-minute limit in `rate_logs`.
 fn ask_key(user_id: Uuid) -> String {
     format!("asks:{user_id}")
@@ -86,7 +89,7 @@ pub(crate) async fn admit(
     let key = ask_key(user_id);
     let shared = async {
         let client = db.get().await?;
-        crate::throttle::sliding_hit(&client, &key, per_minute, 60).await
+        crate::throttle::sliding_hit(&client, &key, per_minute, ASK_WINDOW_SECS).await
     };
     let verdict = match shared.await {
         Ok(verdict) => verdict,
@@ -127,15 +130,12 @@ pub(crate) async fn accept(
     asks_per_minute: Option<u32>,
 ) -> Result<Accepted, ApiError> {
     let asked_at = Instant::now();
-    let key = asks_per_minute.map(|_| ask_key(user_id));
-    let limit = key
-        .as_deref()
-        .zip(asks_per_minute)
-        .map(|(key, max)| store::AskLimit {
-            key,
-            max,
-            window_secs: 60,
-        });
+    let key = ask_key(user_id);
+    let limit = asks_per_minute.map(|max| store::AskLimit {
+        key: &key,
+        max,
+        window_secs: ASK_WINDOW_SECS,
+    });
     let client = db.get().await?;
     let stored = store::store_question(
         &client,
