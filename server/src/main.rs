@@ -4,8 +4,17 @@ use server::startup::{Application, shutdown_on_signal};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // SAFETY: first thing in `main`, before the runtime starts below: the only other threads
+    // are jemalloc's background purgers, which never read the environment.
+    unsafe { server::rag::embed::local::one_thread_per_forward_pass() };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Config::from_env_and_args();
     server::telemetry::init_logging(cli.config.log_format);
     let config = cli.config;

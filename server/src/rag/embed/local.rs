@@ -57,6 +57,27 @@ impl Default for Batching {
     }
 }
 
+/// Makes each forward pass of the local model run on the thread that asked for it: candle's
+/// matrix products (`RAYON_NUM_THREADS`) and element-wise ops (`CANDLE_NUM_THREADS`, a pool
+/// of spinning threads that serialises its callers) otherwise split every pass across all
+/// cores. The embedding workers, one per core, already keep every core busy under load, and
+/// the split passes cost more than they gain: measured with `chat-bench --scenarios answers`
+/// (BENCHMARKS.md), one socket 41 → 46 answers/s and 50 sockets 90 → 136 answers/s. Either
+/// variable, when set, is left as it is.
+///
+/// # Safety
+///
+/// Changes the environment: call it before any other thread starts (first in `main`, before
+/// the async runtime).
+pub unsafe fn one_thread_per_forward_pass() {
+    for name in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: the caller guarantees no other thread runs yet.
+            unsafe { std::env::set_var(name, "1") };
+        }
+    }
+}
+
 /// One caller's texts and where their vectors go.
 struct EmbedJob {
     texts: Vec<String>,
