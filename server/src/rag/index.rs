@@ -271,20 +271,33 @@ impl KbIndex {
             .find(|(row, _)| *row < self.chunks.len())
             .copied();
         let lexical = self.lexical.search(question, depth);
-        let mut fused: std::collections::HashMap<usize, f32> = std::collections::HashMap::new();
-        for (rank, (row, _)) in dense.iter().enumerate() {
-            *fused.entry(*row).or_default() += 1.0 / (RRF_K + rank as f32 + 1.0);
+        // At most 2 × depth candidates: a list scanned in place costs less than a hash map.
+        // A vector-search candidate keeps the search's own score (the same inner product of
+        // normalised vectors); a candidate only BM25 found is scored here.
+        let mut fused: Vec<(usize, f32, Option<f32>)> = Vec::with_capacity(2 * depth);
+        for (rank, &(row, score)) in dense.iter().enumerate() {
+            let rrf = 1.0 / (RRF_K + rank as f32 + 1.0);
+            match fused.iter_mut().find(|(r, _, _)| *r == row) {
+                Some(entry) => entry.1 += rrf,
+                None => fused.push((row, rrf, Some(score))),
+            }
         }
         for (rank, result) in lexical.iter().enumerate() {
-            *fused.entry(result.document.id as usize).or_default() +=
-                1.0 / (RRF_K + rank as f32 + 1.0);
+            let (row, rrf) = (
+                result.document.id as usize,
+                1.0 / (RRF_K + rank as f32 + 1.0),
+            );
+            match fused.iter_mut().find(|(r, _, _)| *r == row) {
+                Some(entry) => entry.1 += rrf,
+                None => fused.push((row, rrf, None)),
+            }
         }
         let mut hits: Vec<Hit> = fused
             .into_iter()
-            .filter(|(row, _)| *row < self.chunks.len())
-            .map(|(row, fused)| Hit {
+            .filter(|(row, _, _)| *row < self.chunks.len())
+            .map(|(row, fused, score)| Hit {
                 row,
-                similarity: self.cosine(row, query_vector),
+                similarity: score.unwrap_or_else(|| self.cosine(row, query_vector)),
                 fused,
             })
             .filter(|h| h.similarity >= threshold)
