@@ -30,6 +30,7 @@ use std::time::Instant;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use deadpool_postgres::Pool;
+use futures::StreamExt;
 use protocol::admin::KbInfo;
 use protocol::error::ErrorCode;
 
@@ -316,6 +317,15 @@ impl Rag {
     }
 }
 
+/// Embeds one batch of (hash, text) pairs as documents; the batch comes back with its vectors.
+async fn embed_documents<'a>(
+    embedder: &dyn Embedder,
+    batch: &'a [(String, String)],
+) -> (&'a [(String, String)], Result<Vec<Vec<f32>>, ProviderError>) {
+    let texts: Vec<String> = batch.iter().map(|(_, t)| t.clone()).collect();
+    (batch, embedder.embed(&texts, EmbedKind::Document).await)
+}
+
 fn log_loaded(info: &KbInfo) {
     tracing::info!(
         documents = info.documents,
@@ -377,9 +387,20 @@ async fn build_snapshot(
         })
     };
     report("reading", 0);
-    for batch in missing.chunks(EMBED_BATCH) {
-        let batch_texts: Vec<String> = batch.iter().map(|(_, t)| t.clone()).collect();
-        let vectors = embedder.embed(&batch_texts, EmbedKind::Document).await?;
+    // Batches are embedded `concurrent_loads` at a time and cached in order as they finish.
+    let parallel = embedder.concurrent_loads().max(1);
+    let mut pending = missing.chunks(EMBED_BATCH);
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    loop {
+        while in_flight.len() < parallel
+            && let Some(batch) = pending.next()
+        {
+            in_flight.push_back(embed_documents(embedder, batch));
+        }
+        let Some((batch, vectors)) = in_flight.next().await else {
+            break;
+        };
+        let vectors = vectors?;
         let entries: Vec<(String, Vec<f32>)> =
             batch.iter().map(|(h, _)| h.clone()).zip(vectors).collect();
         cache::store(db, &key, &entries)

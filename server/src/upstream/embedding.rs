@@ -23,6 +23,12 @@ pub trait Embedder: Send + Sync {
     /// The cosine similarity under which a passage does not count as relevant. It belongs to the
     /// model: similarity scales differ between models.
     fn relevance_threshold(&self) -> f32;
+    /// How many document requests a knowledge-base load may have in flight at once: 1 for a
+    /// remote provider (its rate limits), one per worker for the local model (each request
+    /// then runs on its own core).
+    fn concurrent_loads(&self) -> usize {
+        1
+    }
     /// One normalised vector per text, in order.
     fn embed<'a>(
         &'a self,

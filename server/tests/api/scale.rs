@@ -123,6 +123,38 @@ async fn questions_arriving_together_share_forward_passes_and_get_their_own_vect
         let cosine: f32 = v.iter().zip(&one[0]).map(|(x, y)| x * y).sum();
         assert!(cosine > 0.999, "{text}: {cosine}");
     }
+
+    // A request bigger than one part (a knowledge-base load: parts of 64 texts, one per
+    // worker in flight at once) keeps its order across the parts.
+    let texts: Vec<String> = (0..150)
+        .map(|i| {
+            format!(
+                "Passage {i}: orders to zone {} ship on day {}.",
+                i * 3,
+                i % 7
+            )
+        })
+        .collect();
+    let many = model.embed(&texts, EmbedKind::Document).await.unwrap();
+    assert_eq!(many.len(), texts.len());
+    for i in [0, 63, 64, 65, 127, 128, 149] {
+        let one = model
+            .embed(std::slice::from_ref(&texts[i]), EmbedKind::Document)
+            .await
+            .unwrap();
+        let cosine: f32 = many[i].iter().zip(&one[0]).map(|(x, y)| x * y).sum();
+        assert!(cosine > 0.999, "text {i}: {cosine}");
+        let neighbour = if i == 0 { 1 } else { i - 1 };
+        let other: f32 = many[neighbour]
+            .iter()
+            .zip(&one[0])
+            .map(|(x, y)| x * y)
+            .sum();
+        assert!(
+            other < cosine,
+            "text {i} matches its neighbour as well ({other})"
+        );
+    }
 }
 
 /// Connections to the app's database other than the one asking.

@@ -39,6 +39,8 @@ pub struct LocalEmbedder {
     room: Arc<tokio::sync::Semaphore>,
     /// Forward passes run so far (tests and benchmarks see the batching with it).
     passes: Arc<std::sync::atomic::AtomicU64>,
+    /// Worker threads: how many parts of a big request are queued at once.
+    workers: usize,
 }
 
 /// How the local model batches requests (`EMBED_BATCH_WINDOW_MS`, `EMBED_MAX_BATCH`).
@@ -169,6 +171,7 @@ impl LocalEmbedder {
             jobs: sender,
             room: Arc::new(tokio::sync::Semaphore::new(LOCAL_QUEUE_TEXTS)),
             passes,
+            workers: cores,
         })
     }
 
@@ -315,6 +318,10 @@ impl Embedder for LocalEmbedder {
         LOCAL_THRESHOLD
     }
 
+    fn concurrent_loads(&self) -> usize {
+        self.workers
+    }
+
     fn embed<'a>(
         &'a self,
         texts: &'a [String],
@@ -324,23 +331,36 @@ impl Embedder for LocalEmbedder {
             if texts.is_empty() {
                 return Ok(Vec::new());
             }
+            let unavailable =
+                || ProviderError::unavailable("the local embedding model is shutting down");
             let mut out = Vec::with_capacity(texts.len());
             // A big request (a knowledge-base load) goes in parts, so it never holds all the
-            // queue's room and questions slip in between its parts.
-            for part in texts.chunks(LOCAL_PASS_CHARS / 100) {
-                let unavailable =
-                    || ProviderError::unavailable("the local embedding model is shutting down");
-                let room = Arc::clone(&self.room)
-                    .acquire_many_owned(part.len() as u32)
-                    .await
-                    .map_err(|_| unavailable())?;
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                let job = EmbedJob {
-                    texts: part.to_vec(),
-                    reply,
-                    _room: room,
+            // queue's room and questions slip in between its parts; one part per worker is
+            // queued at a time, so every core works on it and a question waits behind at
+            // most that many parts.
+            let mut in_flight = std::collections::VecDeque::with_capacity(self.workers);
+            let mut parts = texts.chunks(LOCAL_PASS_CHARS / 100).peekable();
+            while parts.peek().is_some() || !in_flight.is_empty() {
+                if in_flight.len() < self.workers
+                    && let Some(part) = parts.next()
+                {
+                    let room = Arc::clone(&self.room)
+                        .acquire_many_owned(part.len() as u32)
+                        .await
+                        .map_err(|_| unavailable())?;
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let job = EmbedJob {
+                        texts: part.to_vec(),
+                        reply,
+                        _room: room,
+                    };
+                    self.jobs.send(job).map_err(|_| unavailable())?;
+                    in_flight.push_back(answer);
+                    continue;
+                }
+                let Some(answer) = in_flight.pop_front() else {
+                    break;
                 };
-                self.jobs.send(job).map_err(|_| unavailable())?;
                 let vectors = answer
                     .await
                     .map_err(|_| unavailable())?

@@ -46,6 +46,10 @@ impl Embedder for QueryCache {
         self.inner.relevance_threshold()
     }
 
+    fn concurrent_loads(&self) -> usize {
+        self.inner.concurrent_loads()
+    }
+
     fn embed<'a>(
         &'a self,
         texts: &'a [String],
