@@ -64,8 +64,8 @@ impl Default for Batching {
 /// of spinning threads that serialises its callers) otherwise split every pass across all
 /// cores. The embedding workers, one per core, already keep every core busy under load, and
 /// the split passes cost more than they gain: measured with `chat-bench --scenarios answers`
-/// (BENCHMARKS.md), one socket 41 → 46 answers/s and 50 sockets 90 → 136 answers/s. Either
-/// variable, when set, is left as it is.
+/// (BENCHMARKS.md, medians of 4 alternating pairs), one socket 42 → 47 answers/s and 50
+/// sockets 94 → 125 answers/s. Either variable, when set, is left as it is.
 ///
 /// # Safety
 ///
