@@ -339,9 +339,9 @@ impl Embedder for LocalEmbedder {
             // queued at a time, so every core works on it and a question waits behind at
             // most that many parts.
             let mut in_flight = std::collections::VecDeque::with_capacity(self.workers);
-            let mut parts = texts.chunks(LOCAL_PASS_CHARS / 100).peekable();
-            while parts.peek().is_some() || !in_flight.is_empty() {
-                if in_flight.len() < self.workers
+            let mut parts = texts.chunks(LOCAL_PASS_CHARS / 100);
+            loop {
+                while in_flight.len() < self.workers
                     && let Some(part) = parts.next()
                 {
                     let room = Arc::clone(&self.room)
@@ -356,7 +356,6 @@ impl Embedder for LocalEmbedder {
                     };
                     self.jobs.send(job).map_err(|_| unavailable())?;
                     in_flight.push_back(answer);
-                    continue;
                 }
                 let Some(answer) = in_flight.pop_front() else {
                     break;
