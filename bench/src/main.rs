@@ -15,7 +15,8 @@
 //! instant provider: server CPU per chat), `history` (messages seeded with `COPY`, history
 //! pages read), `login` (login bursts: RSS peak and after, throughput), `retrieval` (in-process
 //! FAISS flat vs HNSW over synthetic chunks, recall@10), `answers` (a second server with the
-//! local model and offline answerer: answers/s at 1 and 50 sockets), `cleanup` (the history
+//! local model and offline answerer: answers/s at 1 and 50 sockets), `model` (the local model
+//! in-process: CPU per text and time per pass, by texts per pass), `cleanup` (the history
 //! cleanup deleting expired messages seeded with `COPY` while REST chat goes on: chat latency
 //! before and during the run).
 //! Only loopback addresses are used; every loop is bounded in count and every wait in time.
@@ -46,7 +47,7 @@ use target::{Providers, SpawnOptions, Target};
 )]
 struct Args {
     /// Scenarios to run, comma-separated: idle, streams, rest, history, login, retrieval,
-    /// answers, cleanup.
+    /// answers, model, cleanup.
     #[arg(
         long,
         value_delimiter = ',',
@@ -145,6 +146,14 @@ struct Args {
     cleanup_users: usize,
     #[arg(long, default_value_t = 8)]
     cleanup_clients: usize,
+    /// Model (in-process): texts per request (one pass each), the texts embedded per size,
+    /// and the model's folder (default: `MODEL_DIR`, or the workspace's `models/`).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    model_batches: Vec<usize>,
+    #[arg(long, default_value_t = 512)]
+    model_texts: usize,
+    #[arg(long, env = "MODEL_DIR")]
+    model_dir: Option<PathBuf>,
     /// Answers (offline server): sockets per run, and questions asked by each socket.
     #[arg(long, value_delimiter = ',', default_value = "1,50")]
     answer_sockets: Vec<usize>,
@@ -175,12 +184,23 @@ impl Args {
         self.cleanup_clients = 2;
         self.answer_sockets = vec![1];
         self.answers_total = 2;
+        self.model_batches = vec![1, 2];
+        self.model_texts = 4;
         self.scenario_timeout_secs = self.scenario_timeout_secs.min(120);
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // SAFETY: first thing in `main`, before the runtime and any other thread start. The
+    // `model` scenario runs the local model as the server does: each pass on one thread.
+    unsafe { server::rag::embed::local::one_thread_per_forward_pass() };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.smoke {
         args.shrink_for_smoke();
@@ -413,6 +433,47 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         target.stop().await;
+    }
+
+    if wants("model") {
+        let dir = args.model_dir.clone().unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
+        });
+        let loaded = tokio::task::spawn_blocking(move || {
+            server::rag::embed::local::LocalEmbedder::load(&dir)
+        })
+        .await?;
+        match loaded {
+            Ok(embedder) => {
+                let questions = eval_questions(&kb_dir)?;
+                for &batch in &args.model_batches {
+                    let result = tokio::time::timeout(
+                        limit,
+                        scenarios::model(&embedder, &questions, batch, args.model_texts),
+                    )
+                    .await;
+                    match result {
+                        Ok(Ok(line)) => emit(line)?,
+                        Ok(Err(e)) => {
+                            failures += 1;
+                            emit(
+                                json!({"scenario": "model", "batch": batch, "error": format!("{e:#}")}),
+                            )?;
+                        }
+                        Err(_) => {
+                            failures += 1;
+                            emit(
+                                json!({"scenario": "model", "batch": batch, "error": "timed out"}),
+                            )?;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                emit(json!({"scenario": "model", "error": format!("{e:#}")}))?;
+            }
+        }
     }
 
     if wants("retrieval") {

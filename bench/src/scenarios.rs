@@ -797,6 +797,54 @@ impl Lcg {
     }
 }
 
+// ------------------------------------------------------------------ the local model (in-process)
+
+/// The local model's own cost, without a server around it: `questions` texts embedded in
+/// requests of `batch` texts, one request at a time (so one pass at a time, on one worker).
+/// Reports this process's CPU per text and the wall time per pass: what batching buys, and
+/// what one pass costs, without the noise of sockets, the database and the answerer.
+pub async fn model(
+    embedder: &server::rag::embed::local::LocalEmbedder,
+    texts: &[String],
+    batch: usize,
+    questions: usize,
+) -> anyhow::Result<Value> {
+    use server::upstream::embedding::{EmbedKind, Embedder};
+    let batch = batch.max(1);
+    let rounds = questions.div_ceil(batch).max(1);
+    let passes_before = embedder.forward_passes();
+    let before = sample(std::process::id());
+    let started = Instant::now();
+    let mut pass_ms = Vec::with_capacity(rounds);
+    for r in 0..rounds {
+        let request: Vec<String> = (0..batch)
+            .map(|i| texts[(r * batch + i) % texts.len()].clone())
+            .collect();
+        let t = Instant::now();
+        let vectors = embedder.embed(&request, EmbedKind::Query).await?;
+        pass_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            vectors.len() == batch,
+            "{} vectors for {batch}",
+            vectors.len()
+        );
+    }
+    let elapsed = started.elapsed();
+    let after = sample(std::process::id());
+    let embedded = (rounds * batch) as f64;
+    Ok(json!({
+        "scenario": "model",
+        "batch": batch,
+        "texts": rounds * batch,
+        "passes": embedder.forward_passes() - passes_before,
+        "texts_per_s": r2(embedded / elapsed.as_secs_f64()),
+        "cpu_ms_per_text": r2((after.cpu_s - before.cpu_s) * 1000.0 / embedded),
+        "pass_p50_ms": r2(pct(&pass_ms, 50.0)),
+        "pass_p95_ms": r2(pct(&pass_ms, 95.0)),
+        "load_avg_1m": load_average(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ fn smoke_run_of_every_scenario() {
         .args([
             "--smoke",
             "--scenarios",
-            "idle,streams,rest,history,login,retrieval,cleanup",
+            "idle,streams,rest,history,login,retrieval,model,cleanup",
             "--server-log",
         ])
         .arg(std::env::temp_dir().join(format!("chat-bench-smoke-{}.log", std::process::id())))
@@ -100,4 +100,14 @@ fn smoke_run_of_every_scenario() {
     assert_eq!(retrieval["chunks"], 1000);
     let recall = retrieval["recall_at_10"].as_f64().unwrap();
     assert!((0.5..=1.0).contains(&recall), "{retrieval}");
+
+    // The local model in-process: 4 texts one per pass, then two per pass.
+    let model: Vec<&Value> = lines.iter().filter(|l| l["scenario"] == "model").collect();
+    assert_eq!(model.len(), 2, "{stdout}");
+    for (line, batch, passes) in [(model[0], 1, 4), (model[1], 2, 2)] {
+        assert_eq!(line["batch"], batch, "{line}");
+        assert_eq!(line["texts"], 4, "{line}");
+        assert_eq!(line["passes"], passes, "{line}");
+        assert!(line["cpu_ms_per_text"].as_f64().unwrap() > 0.0, "{line}");
+    }
 }
