@@ -4,34 +4,38 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::Config as BertConfig;
 use futures::future::BoxFuture;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 use super::LOCAL_THRESHOLD;
+use super::encoder::PackedBert;
 use crate::sync;
 use crate::upstream::ProviderError;
 use crate::upstream::embedding::{EmbedKind, Embedder, normalize};
 
 pub const LOCAL_MODEL: &str = "all-MiniLM-L6-v2";
 /// Characters (rows × the longest text) per forward pass of the local model: bounds the memory
-/// of one pass (8 passages of 800 characters, or 32 questions of 200); padding stays per pass.
+/// of one pass (8 passages of 800 characters, or 32 questions of 200).
 const LOCAL_PASS_CHARS: usize = 8 * 800;
 /// Texts waiting for the local model at most; past it callers wait for room.
 const LOCAL_QUEUE_TEXTS: usize = 4096;
 /// MiniLM was trained on at most 256 word pieces.
 const LOCAL_MAX_TOKENS: usize = 256;
 
-/// all-MiniLM-L6-v2 in-process: BERT, mean pooling over the attention mask, L2 normalisation.
+/// all-MiniLM-L6-v2 in-process: BERT over packed sequences ([`PackedBert`]), mean pooling,
+/// L2 normalisation.
 ///
 /// Texts are embedded by a fixed set of worker threads (one per core, so at most that many
 /// forward passes run at once and the async workers are never used). A worker takes the first
 /// waiting request and whatever else is already waiting; if anything was (requests are arriving
 /// together), it also gathers what arrives within the batching window (up to the batch size). A
-/// lone question pays no wait. It embeds all of it in as few forward passes as the memory bound allows:
-/// questions arriving together share one pass, which costs little more than one of them alone.
+/// lone question pays no wait. It embeds all of it in as few forward passes as the memory bound
+/// allows: questions arriving together share one pass, which costs a fraction of one pass each
+/// (a lone question streams every weight of the model through the cache for its ~15 tokens;
+/// `chat-bench --scenarios model` measures both).
 pub struct LocalEmbedder {
     /// Requests for the workers; the workers end when this (the last sender) is dropped.
     jobs: std::sync::mpsc::Sender<EmbedJob>,
@@ -89,9 +93,8 @@ struct EmbedJob {
 }
 
 struct LocalModel {
-    model: BertModel,
+    model: PackedBert,
     tokenizer: Tokenizer,
-    device: Device,
     passes: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -131,13 +134,9 @@ impl LocalEmbedder {
         .context("parsing config.json")?;
         let mut tokenizer = Tokenizer::from_file(&tokenizer_file)
             .map_err(|e| anyhow::anyhow!("loading tokenizer.json: {e}"))?;
-        // The shipped tokenizer pads every input to 128: pad to the batch's longest instead
-        // (short questions get ~10x cheaper) and truncate at the model's 256-token window.
-        let pad = tokenizer.get_padding().cloned().unwrap_or_default();
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..pad
-        }));
+        // The shipped tokenizer pads every input to 128: the model packs the texts of a pass
+        // end to end instead (no padding at all), and truncates at its 256-token window.
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: LOCAL_MAX_TOKENS,
@@ -149,12 +148,11 @@ impl LocalEmbedder {
         // process runs (it lives in a folder only setup writes to).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device) }
             .context("mapping model.safetensors")?;
-        let model = BertModel::load(vb, &config).context("loading the BERT weights")?;
+        let model = PackedBert::load(vb, &config).context("loading the BERT weights")?;
         let passes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let model = Arc::new(LocalModel {
             model,
             tokenizer,
-            device,
             passes: Arc::clone(&passes),
         });
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -249,14 +247,15 @@ fn embed_worker(
 
 impl LocalModel {
     /// Embeds `texts` in as few forward passes as the memory bound allows: texts sorted by
-    /// length (so a pass pads little), at most `max_rows` per pass. Vectors in input order.
+    /// length, at most `max_rows` per pass. Vectors in input order.
     fn embed_many(&self, texts: &[&str], max_rows: usize) -> anyhow::Result<Vec<Vec<f32>>> {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
         let mut start = 0;
         while start < order.len() {
-            // The first text of a pass is its longest: it sets the padded width.
+            // The first text of a pass is its longest: rows × its length bound the pass's
+            // tokens, so its memory.
             let widest = texts[order[start]].len().max(1);
             let rows = (LOCAL_PASS_CHARS / widest).clamp(1, max_rows.max(1));
             let end = (start + rows).min(order.len());
@@ -279,23 +278,8 @@ impl LocalModel {
             .tokenizer
             .encode_batch(texts, true)
             .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-        let rows = encodings.len();
-        let cols = encodings.first().map_or(0, |e| e.get_ids().len());
-        let mut ids = Vec::with_capacity(rows * cols);
-        let mut mask = Vec::with_capacity(rows * cols);
-        for e in &encodings {
-            ids.extend_from_slice(e.get_ids());
-            mask.extend_from_slice(e.get_attention_mask());
-        }
-        let ids = Tensor::from_vec(ids, (rows, cols), &self.device)?;
-        let mask = Tensor::from_vec(mask, (rows, cols), &self.device)?;
-        let type_ids = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?; // (rows, cols, 384)
-        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (rows, cols, 1)
-        let summed = hidden.broadcast_mul(&mask)?.sum(1)?; // (rows, 384)
-        let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?; // (rows, 1)
-        let mean = summed.broadcast_div(&counts)?;
-        let mut out: Vec<Vec<f32>> = mean.to_vec2()?;
+        let sequences: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        let mut out = self.model.embed(&sequences)?;
         out.iter_mut().for_each(|v| normalize(v));
         Ok(out)
     }

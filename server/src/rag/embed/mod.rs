@@ -11,6 +11,7 @@
 //! - here: the embedder the configuration chooses, the relevance thresholds per model family,
 //!   and the batching both HTTP embedders share (HTTP and retries are in [`crate::upstream`]).
 
+mod encoder;
 pub mod gemini;
 pub mod local;
 pub mod openai;
