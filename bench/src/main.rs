@@ -191,12 +191,9 @@ impl Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    // SAFETY: first thing in `main`, before the runtime and any other thread start. The
-    // `model` scenario runs the local model as the server does: each pass on one thread.
-    unsafe { server::rag::embed::local::one_thread_per_forward_pass() };
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
+    // SAFETY: first thing in `main`, before any other thread starts. The `model` scenario runs
+    // the local model as the server does: each pass on one thread.
+    unsafe { server::rag::embed::local::runtime_with_one_thread_per_forward_pass() }?
         .block_on(run())
 }
 

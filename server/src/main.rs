@@ -5,12 +5,9 @@ use server::startup::{Application, shutdown_on_signal};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
-    // SAFETY: first thing in `main`, before the runtime starts below: the only other threads
-    // are jemalloc's background purgers, which never read the environment.
-    unsafe { server::rag::embed::local::one_thread_per_forward_pass() };
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
+    // SAFETY: first thing in `main`, before the runtime starts: the only other threads are
+    // jemalloc's background purgers, which never read the environment.
+    unsafe { server::rag::embed::local::runtime_with_one_thread_per_forward_pass() }?
         .block_on(run())
 }
 

@@ -84,6 +84,21 @@ pub unsafe fn one_thread_per_forward_pass() {
     }
 }
 
+/// The multi-threaded async runtime of a process that runs the local model, built after
+/// [`one_thread_per_forward_pass`]: the first call of such a binary's `main`.
+///
+/// # Safety
+///
+/// As for [`one_thread_per_forward_pass`]: call it before any other thread starts.
+pub unsafe fn runtime_with_one_thread_per_forward_pass() -> std::io::Result<tokio::runtime::Runtime>
+{
+    // SAFETY: the caller guarantees no other thread runs yet.
+    unsafe { one_thread_per_forward_pass() };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
 /// One caller's texts and where their vectors go.
 struct EmbedJob {
     texts: Vec<String>,
