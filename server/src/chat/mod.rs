@@ -41,12 +41,11 @@ pub mod watchers;
 
 /// The statements every ask runs (its limit, its question, its answer, and the relay's rows on
 /// the socket), prepared on each pooled connection at start (see [`crate::db::warm`]).
-pub(crate) const HOT_STATEMENTS: [&str; 6] = [
+pub(crate) const HOT_STATEMENTS: [&str; 5] = [
     crate::throttle::SLIDING_HIT_SQL,
     store::NEW_QUESTION_SQL,
     store::FOLLOW_UP_SQL,
     store::STORE_ANSWER_SQL,
-    relay::REGISTER_STREAM_SQL,
     relay::WRITE_EVENTS_SQL,
 ];
 

@@ -6,9 +6,9 @@
 //! instance (a load balancer picks any) can resume it, the generating instance also publishes the
 //! log to PostgreSQL:
 //!
-//! - [`Relay::register`] writes the `answer_streams` row before the answer produces anything
-//!   (the answer task waits for it, in parallel with storing the question), so a client that has
-//!   seen any part of an answer can find it from anywhere;
+//! - the question's own statement writes the `answer_streams` row (see
+//!   [`StreamRow`](super::store::StreamRow)), before the answer produces anything, so a client
+//!   that has seen any part of an answer can find it from anywhere;
 //! - [`Relay::publish`] follows the log like any reader and appends its events to
 //!   `answer_events` in batches: the first event of a batch waits at most [`BATCH_INTERVAL`] for
 //!   company (or [`BATCH_MAX`] events), then one statement writes the batch (and, with the end,
@@ -34,7 +34,7 @@
 //! [`sweep`] deletes finished streams older than the resume window, idle rate logs and leases of
 //! dead instances; every instance runs it on a timer ([`run_sweeper`]).
 //!
-//! Why one file: publishing an answer (register, batched writes), reading it back from another
+//! Why one file: publishing an answer (batched writes), reading it back from another
 //! instance (`RemoteCursor`) and sweeping old rows all speak the same two tables and sequence
 //! numbers; the shared socket leases ride on the same pool and sweeper.
 
@@ -106,21 +106,6 @@ impl Relay {
     /// Answers of this instance whose events are still being written.
     pub fn publishing(&self) -> usize {
         self.publishing.load(Ordering::Acquire)
-    }
-
-    /// Writes the stream row of a new answer (before any of it is produced).
-    pub async fn register(
-        &self,
-        stream_id: Uuid,
-        user_id: Uuid,
-        ask_id: &str,
-    ) -> anyhow::Result<()> {
-        let client = self.db.get().await?;
-        let stmt = client.prepare_cached(REGISTER_STREAM_SQL).await?;
-        client
-            .execute(&stmt, &[&stream_id, &user_id, &ask_id, &self.instance_id])
-            .await?;
-        Ok(())
     }
 
     /// Spawns the publisher of `stream_id` (registered) on `tasks`: it copies `cursor` (a
@@ -304,10 +289,6 @@ async fn publish(db: Pool, stream_id: Uuid, mut cursor: LogCursor, _guard: Publi
         }
     }
 }
-
-/// [`Relay::register`]'s statement.
-pub(crate) const REGISTER_STREAM_SQL: &str =
-    "INSERT INTO answer_streams (stream_id, user_id, ask_id, instance_id) VALUES ($1, $2, $3, $4)";
 
 /// The statement that writes a batch of an answer's events.
 pub(crate) const WRITE_EVENTS_SQL: &str = "WITH written AS ( \

@@ -42,6 +42,7 @@ async fn start(
         request.message,
         request.conversation_id,
         Some(state.config.asks_per_minute),
+        None,
     )
     .await?;
     let log = AnswerLog::new();

@@ -45,6 +45,7 @@ use super::log::{AnswerLog, LogEvent};
 use super::pipeline;
 use super::relay::{Reader, SocketLease};
 use super::sessions::{SessionGuard, SessionRegistry, Unauthenticated};
+use super::store::StreamRow;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::extract::ApiWebSocket;
@@ -703,33 +704,33 @@ impl Connection {
         let ask_id = id.to_owned();
         self.state.tasks.spawn(async move {
             let _answering = answering;
-            // The relay's stream row is written before anything of the answer exists (in
-            // parallel with storing the question), so a client that saw any of it can resume
-            // it on any instance.
-            let stream_id = Uuid::new_v4();
-            let (accepted, registered) = tokio::join!(
-                pipeline::accept_and_prepare(
-                    &state.answerer,
-                    &answer_log,
-                    &state.db,
-                    state.cluster.instance_id(),
-                    state.config.history_turns,
-                    user_id,
-                    message,
-                    conversation_id,
-                ),
-                state.relay.register(stream_id, user_id, &ask_id),
-            );
-            match registered {
-                Ok(()) => state
-                    .relay
-                    .spawn_publisher(&state.tasks, stream_id, answer_log.follow()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "answer not published; resumable on this instance only");
-                }
-            }
+            // The relay's stream row is written in the question's statement, before anything
+            // of the answer is produced (the answer starts once the question is stored), so a
+            // client that saw any of it can resume it on any instance. The publisher then
+            // copies the log from its start.
+            let stream = StreamRow {
+                stream_id: Uuid::new_v4(),
+                ask_id: &ask_id,
+            };
+            let accepted = pipeline::accept_and_prepare(
+                &state.answerer,
+                &answer_log,
+                &state.db,
+                state.cluster.instance_id(),
+                state.config.history_turns,
+                user_id,
+                message,
+                conversation_id,
+                Some(&stream),
+            )
+            .await;
             match accepted {
                 Ok((accepted, prepared)) => {
+                    state.relay.spawn_publisher(
+                        &state.tasks,
+                        stream.stream_id,
+                        answer_log.follow(),
+                    );
                     pipeline::generate(state, accepted, prepared, answer_log).await;
                 }
                 Err(e) => pipeline::reject(&answer_log, &e),

@@ -33,6 +33,14 @@ pub(crate) struct AskLimit<'a> {
     pub window_secs: u64,
 }
 
+/// The relay's stream row of a socket answer (see [`super::relay`]), written in the same
+/// statement as its question (one round trip fewer): `stream_id` names the answer's published
+/// events, `ask_id` is the client's id for it; the process is the question's `instance_id`.
+pub(crate) struct StreamRow<'a> {
+    pub stream_id: Uuid,
+    pub ask_id: &'a str,
+}
+
 /// What [`store_question`] did: stored the question, or counted nothing and stored nothing
 /// because the ask limit was reached (whole seconds until an ask is admitted again).
 pub(crate) enum Stored {
@@ -66,7 +74,11 @@ pub(crate) const NEW_QUESTION_SQL: &str = concat!(
        SELECT $7::uuid, $4::uuid, $5::uuid, 'user', $8::text, 'complete' FROM admitted WHERE ok), \
      in_flight AS ( \
        INSERT INTO answers_in_flight (question_id, instance_id) \
-       SELECT $7::uuid, $9::uuid FROM admitted WHERE ok) \
+       SELECT $7::uuid, $9::uuid FROM admitted WHERE ok), \
+     stream AS ( \
+       INSERT INTO answer_streams (stream_id, user_id, ask_id, instance_id) \
+       SELECT $10::uuid, $5::uuid, $11::text, $9::uuid FROM admitted \
+       WHERE ok AND $10::uuid IS NOT NULL) \
      SELECT ok, (SELECT retry_after FROM hit) FROM admitted"
 );
 
@@ -83,6 +95,10 @@ pub(crate) const FOLLOW_UP_SQL: &str = concat!(
      in_flight AS ( \
        INSERT INTO answers_in_flight (question_id, instance_id) \
        SELECT id, $8::uuid FROM question), \
+     stream AS ( \
+       INSERT INTO answer_streams (stream_id, user_id, ask_id, instance_id) \
+       SELECT $10::uuid, $5::uuid, $11::text, $8::uuid FROM question \
+       WHERE $10::uuid IS NOT NULL), \
      recent AS ( \
        SELECT q.content AS question, a.content AS answer, a.created_at, a.id \
        FROM messages a JOIN messages q ON q.id = a.reply_to \
@@ -109,7 +125,8 @@ fn limited(row: &Row, limit: Option<&AskLimit<'_>>) -> Result<Option<u64>, ApiEr
 /// conversation is the user's (or starts one), reads its last `history_turns` complete
 /// exchanges, and stores the question with its `answers_in_flight` row (naming this process
 /// as the one answering, so the answer is marked interrupted if the process dies first; see
-/// `chat::orphans`).
+/// `chat::orphans`) and, given `stream`, the relay's stream row of the answer.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn store_question(
     client: &impl GenericClient,
     instance_id: Uuid,
@@ -118,8 +135,11 @@ pub(crate) async fn store_question(
     question: &str,
     history_turns: usize,
     limit: Option<&AskLimit<'_>>,
+    stream: Option<&StreamRow<'_>>,
 ) -> Result<Stored, ApiError> {
     let question_id = Uuid::new_v4();
+    let stream_id = stream.map(|s| s.stream_id);
+    let ask_id = stream.map(|s| s.ask_id);
     let key = limit.map(|l| l.key);
     let max = limit.map(|l| i64::from(l.max));
     let window = limit.map_or(1.0, |l| l.window_secs.max(1) as f64);
@@ -141,6 +161,8 @@ pub(crate) async fn store_question(
                     &question_id,
                     &question,
                     &instance_id,
+                    &stream_id,
+                    &ask_id,
                 ],
             )
             .await?;
@@ -172,6 +194,8 @@ pub(crate) async fn store_question(
                 &question,
                 &instance_id,
                 &turns,
+                &stream_id,
+                &ask_id,
             ],
         )
         .await?;

@@ -240,6 +240,60 @@ async fn an_answer_asked_on_one_instance_resumes_on_another_with_every_seq_once(
 }
 
 #[tokio::test]
+async fn a_follow_up_resumes_on_another_instance_and_a_refused_ask_leaves_no_stream() {
+    // The stream row is written by the question's own statement, in both of its forms.
+    let (fake, _stats) = spawn_fake(Duration::from_millis(60)).await;
+    let config = cluster_config(&fake).await;
+    let a = spawn_app_from(config.clone()).await;
+    let b = spawn_app_from(config).await;
+    let user = a.user_tokens("carol").await;
+
+    // A quick question opens the conversation; a slow follow-up in it is dropped after a few
+    // deltas on A and resumed on B.
+    let mut on_a = chat_on(a.addr, &user.access).await;
+    ask(&mut on_a, "f1", "what about refunds").await;
+    let mut first = Collected::default();
+    assert!(read_until(&mut on_a, "f1", &mut first, |_| false).await);
+    let conversation = first.done.as_ref().expect("f1 done")["conversation_id"].clone();
+    send(
+        &mut on_a,
+        json!({"type":"ask","id":"f2","message":"and tell me slowly about returns",
+               "conversation_id":conversation}),
+    )
+    .await;
+    let mut answer = Collected::default();
+    assert!(read_until(&mut on_a, "f2", &mut answer, |c| c.deltas.len() >= 4).await);
+    drop(on_a);
+    let mut on_b = chat_on(b.addr, &user.access).await;
+    resume(&mut on_b, "f2", answer.last_seq()).await;
+    assert!(read_until(&mut on_b, "f2", &mut answer, |_| false).await);
+    answer.assert_complete(SLOW_WORDS);
+    assert_eq!(
+        answer.done.as_ref().unwrap()["conversation_id"],
+        conversation
+    );
+
+    // A follow-up in a conversation that is not the user's stores nothing, not even a stream.
+    let streams = "SELECT count(*) FROM answer_streams";
+    assert_eq!(a.count(streams).await, 2, "f1 and f2");
+    send(
+        &mut on_b,
+        json!({"type":"ask","id":"f3","message":"hello","conversation_id":Uuid::new_v4()}),
+    )
+    .await;
+    let mut refused = Collected::default();
+    assert!(read_until(&mut on_b, "f3", &mut refused, |c| !c.errors.is_empty()).await);
+    assert_eq!(
+        refused.errors[0]["code"], "not_found",
+        "{:?}",
+        refused.errors
+    );
+    assert_eq!(a.count(streams).await, 2, "no stream for a refused ask");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn a_cancel_sent_to_another_instance_stops_the_answer_where_it_is_generated() {
     let (fake, stats) = spawn_fake(Duration::from_millis(100)).await;
     let config = cluster_config(&fake).await;

@@ -119,7 +119,9 @@ pub(crate) type Prepared = Option<Result<PreparedAnswer, AnswerError>>;
 /// also counted against the user's asks-per-minute limit in the same statement, and neither
 /// counted nor stored if the limit is reached: for a caller that checked it with [`validate`]
 /// instead of [`admit`]. (Without the database the question could not be stored either, so
-/// [`admit`]'s local count has no use there.)
+/// [`admit`]'s local count has no use there.) With `stream`, the relay's stream row of the
+/// answer is written in the same statement too (the socket's answers).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn accept(
     db: &Pool,
     instance_id: Uuid,
@@ -128,6 +130,7 @@ pub(crate) async fn accept(
     question: String,
     conversation_id: Option<Uuid>,
     asks_per_minute: Option<u32>,
+    stream: Option<&store::StreamRow<'_>>,
 ) -> Result<Accepted, ApiError> {
     let asked_at = Instant::now();
     let key = ask_key(user_id);
@@ -145,6 +148,7 @@ pub(crate) async fn accept(
         &question,
         history_turns,
         limit.as_ref(),
+        stream,
     )
     .await?;
     let stored = match stored {
@@ -169,7 +173,7 @@ pub(crate) async fn accept(
 /// behind the model's wait for its first chunk instead of adding to it. The model is only
 /// called for a question that passed [`admit`]; if storing fails, the call is dropped (which
 /// aborts it) at once and the question is rejected as before. A cancel of `log` drops the call
-/// too (the answer then ends `cancelled` in [`generate`]).
+/// too (the answer then ends `cancelled` in [`generate`]). `stream` as in [`accept`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn accept_and_prepare(
     answerer: &Answerer,
@@ -180,6 +184,7 @@ pub(crate) async fn accept_and_prepare(
     user_id: Uuid,
     question: String,
     conversation_id: Option<Uuid>,
+    stream: Option<&store::StreamRow<'_>>,
 ) -> Result<(Accepted, Prepared), ApiError> {
     // A follow-up's prompt needs its stored turns: it is prepared after the store, in `generate`.
     let request = conversation_id.is_none().then(|| AnswerRequest {
@@ -194,6 +199,7 @@ pub(crate) async fn accept_and_prepare(
         question,
         conversation_id,
         None,
+        stream,
     );
     let Some(request) = request else {
         return Ok((accepting.await?, None));
