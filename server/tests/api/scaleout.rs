@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use protocol::admin::{KbInfo, SessionInfo};
+use protocol::auth::TokenPair;
 use serde_json::{Value, json};
 use server::config::{Config, LlmProvider, Secret};
 use test_support::fake::chat::{ChatStats, FakeChat, Stream};
@@ -170,6 +171,36 @@ async fn resume(ws: &mut Ws, id: &str, after: Option<u64>) {
     send(ws, json!({"type":"resume","id":id,"after_seq":after})).await;
 }
 
+/// Two instances over one database, behind a fake whose slow answers pause 60 ms per delta,
+/// and a user of theirs.
+async fn two_instances(username: &str) -> (TestApp, TestApp, TokenPair) {
+    let (fake, _stats) = spawn_fake(Duration::from_millis(60)).await;
+    let config = cluster_config(&fake).await;
+    let a = spawn_app_from(config.clone()).await;
+    let b = spawn_app_from(config).await;
+    let user = a.user_tokens(username).await;
+    (a, b, user)
+}
+
+/// Reads answer `id` on `on_a` until a few deltas came, drops that socket, and resumes the
+/// answer on a new socket to `b` from the last seq seen, to its complete end; returns that
+/// socket.
+async fn drop_and_resume(
+    mut on_a: Ws,
+    id: &str,
+    b: SocketAddr,
+    token: &str,
+    answer: &mut Collected,
+) -> Ws {
+    assert!(read_until(&mut on_a, id, answer, |c| c.deltas.len() >= 4).await);
+    drop(on_a);
+    let mut on_b = chat_on(b, token).await;
+    resume(&mut on_b, id, answer.last_seq()).await;
+    assert!(read_until(&mut on_b, id, answer, |_| false).await);
+    answer.assert_complete(SLOW_WORDS);
+    on_b
+}
+
 async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
@@ -189,24 +220,13 @@ where
 
 #[tokio::test]
 async fn an_answer_asked_on_one_instance_resumes_on_another_with_every_seq_once() {
-    let (fake, _stats) = spawn_fake(Duration::from_millis(60)).await;
-    let config = cluster_config(&fake).await;
-    let a = spawn_app_from(config.clone()).await;
-    let b = spawn_app_from(config).await;
-    let user = a.user_tokens("alice").await;
+    let (a, b, user) = two_instances("alice").await;
 
-    // Asked on A, dropped after a few deltas.
+    // Asked on A, dropped after a few deltas, resumed on B to the end.
     let mut on_a = chat_on(a.addr, &user.access).await;
     ask(&mut on_a, "q1", "tell me slowly about refunds").await;
     let mut answer = Collected::default();
-    assert!(read_until(&mut on_a, "q1", &mut answer, |c| c.deltas.len() >= 4).await);
-    drop(on_a);
-
-    // Resumed on B, to the end.
-    let mut on_b = chat_on(b.addr, &user.access).await;
-    resume(&mut on_b, "q1", answer.last_seq()).await;
-    assert!(read_until(&mut on_b, "q1", &mut answer, |_| false).await);
-    answer.assert_complete(SLOW_WORDS);
+    let mut on_b = drop_and_resume(on_a, "q1", b.addr, &user.access, &mut answer).await;
     assert!(
         answer.deltas.len() == SLOW_WORDS,
         "B relayed the rest, A the start"
@@ -242,11 +262,7 @@ async fn an_answer_asked_on_one_instance_resumes_on_another_with_every_seq_once(
 #[tokio::test]
 async fn a_follow_up_resumes_on_another_instance_and_a_refused_ask_leaves_no_stream() {
     // The stream row is written by the question's own statement, in both of its forms.
-    let (fake, _stats) = spawn_fake(Duration::from_millis(60)).await;
-    let config = cluster_config(&fake).await;
-    let a = spawn_app_from(config.clone()).await;
-    let b = spawn_app_from(config).await;
-    let user = a.user_tokens("carol").await;
+    let (a, b, user) = two_instances("carol").await;
 
     // A quick question opens the conversation; a slow follow-up in it is dropped after a few
     // deltas on A and resumed on B.
@@ -262,12 +278,7 @@ async fn a_follow_up_resumes_on_another_instance_and_a_refused_ask_leaves_no_str
     )
     .await;
     let mut answer = Collected::default();
-    assert!(read_until(&mut on_a, "f2", &mut answer, |c| c.deltas.len() >= 4).await);
-    drop(on_a);
-    let mut on_b = chat_on(b.addr, &user.access).await;
-    resume(&mut on_b, "f2", answer.last_seq()).await;
-    assert!(read_until(&mut on_b, "f2", &mut answer, |_| false).await);
-    answer.assert_complete(SLOW_WORDS);
+    let mut on_b = drop_and_resume(on_a, "f2", b.addr, &user.access, &mut answer).await;
     assert_eq!(
         answer.done.as_ref().unwrap()["conversation_id"],
         conversation
