@@ -108,8 +108,8 @@ impl Relay {
         self.publishing.load(Ordering::Acquire)
     }
 
-    /// Spawns the publisher of `stream_id` (registered) on `tasks`: it copies `cursor` (a
-    /// reader from the log's start) into `answer_events` until the log's end.
+    /// Spawns the publisher of `stream_id` (its row written with the question) on `tasks`: it
+    /// copies `cursor` (a reader from the log's start) into `answer_events` until the log's end.
     pub fn spawn_publisher(&self, tasks: &TaskTracker, stream_id: Uuid, cursor: LogCursor) {
         let guard = Publishing::start(Arc::clone(&self.publishing));
         tasks.spawn(publish(self.db.clone(), stream_id, cursor, guard));
