@@ -462,19 +462,26 @@ impl From<LogCursor> for Reader {
 /// Deletes what the resume window and the limits no longer need. Returns the streams deleted.
 pub async fn sweep(db: &Pool, stale_after: Duration) -> anyhow::Result<u64> {
     let client = db.get().await?;
+    // A stream's events go with it (`answer_events` has no foreign key: see migration V14).
     let stmt = client
         .prepare_cached(
-            "DELETE FROM answer_streams \
-             WHERE finished_at < now() - make_interval(secs => $1) \
-                OR started_at < now() - make_interval(secs => $2)",
+            "WITH gone AS ( \
+               DELETE FROM answer_streams \
+               WHERE finished_at < now() - make_interval(secs => $1) \
+                  OR started_at < now() - make_interval(secs => $2) \
+               RETURNING stream_id), \
+             events AS ( \
+               DELETE FROM answer_events WHERE stream_id IN (SELECT stream_id FROM gone)) \
+             SELECT count(*) FROM gone",
         )
         .await?;
-    let streams = client
-        .execute(
+    let streams: i64 = client
+        .query_one(
             &stmt,
             &[&RESUME_WINDOW.as_secs_f64(), &ABANDONED_AFTER.as_secs_f64()],
         )
-        .await?;
+        .await?
+        .get(0);
     let stmt = client
         .prepare_cached(
             "DELETE FROM rate_logs \
@@ -493,7 +500,7 @@ pub async fn sweep(db: &Pool, stale_after: Duration) -> anyhow::Result<u64> {
         )
         .await?;
     client.execute(&stmt, &[&stale_after.as_secs_f64()]).await?;
-    Ok(streams)
+    Ok(streams.unsigned_abs())
 }
 
 /// Runs [`sweep`] every [`SWEEP_EVERY`] until `shutdown`.

@@ -255,6 +255,23 @@ async fn an_answer_asked_on_one_instance_resumes_on_another_with_every_seq_once(
         .count("SELECT count(*) FROM answer_events e JOIN answer_streams s USING (stream_id)")
         .await;
     assert_eq!(events, SLOW_WORDS as i64 + 2, "sources, deltas, done");
+    // Past the resume window the sweep deletes the stream and its events together.
+    a.db()
+        .await
+        .execute(
+            "UPDATE answer_streams SET finished_at = now() - interval '1 hour'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let swept = server::chat::relay::sweep(&a.state.db, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(swept, 1);
+    assert_eq!(a.count("SELECT count(*) FROM answer_events").await, 0);
+    resume(&mut on_b, "q1", None).await;
+    let error = next_frame(&mut on_b).await;
+    assert_eq!(error["code"], "not_found", "{error}");
     a.stop().await;
     b.stop().await;
 }
