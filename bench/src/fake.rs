@@ -15,12 +15,15 @@ use tokio::net::TcpListener;
 
 use crate::stats::now_us;
 
-/// Delays and length of the streamed answers; changed between scenarios.
+/// Delays and length of the streamed answers; changed between scenarios. Also counts the
+/// embedding requests it answered, and the texts in them.
 #[derive(Default)]
 pub struct FakeSettings {
     pub first_chunk_ms: AtomicU64,
     pub chunk_ms: AtomicU64,
     pub chunks: AtomicU64,
+    embed_requests: AtomicU64,
+    embed_texts: AtomicU64,
 }
 
 impl FakeSettings {
@@ -28,6 +31,19 @@ impl FakeSettings {
         self.first_chunk_ms.store(first_chunk_ms, Ordering::Relaxed);
         self.chunk_ms.store(chunk_ms, Ordering::Relaxed);
         self.chunks.store(chunks.max(1), Ordering::Relaxed);
+    }
+
+    /// Embedding requests answered so far, and the texts they held.
+    pub fn embeddings(&self) -> (u64, u64) {
+        (
+            self.embed_requests.load(Ordering::Relaxed),
+            self.embed_texts.load(Ordering::Relaxed),
+        )
+    }
+
+    fn count_embeddings(&self, texts: usize) {
+        self.embed_requests.fetch_add(1, Ordering::Relaxed);
+        self.embed_texts.fetch_add(texts as u64, Ordering::Relaxed);
     }
 }
 
@@ -53,6 +69,7 @@ async fn handle(uri: Uri, body: Bytes, settings: &FakeSettings) -> Response {
     if path.ends_with(":batchEmbedContents") {
         let empty = Vec::new();
         let requests = request["requests"].as_array().unwrap_or(&empty);
+        settings.count_embeddings(requests.len());
         let embeddings: Vec<Value> = requests
             .iter()
             .map(|r| {
@@ -64,6 +81,7 @@ async fn handle(uri: Uri, body: Bytes, settings: &FakeSettings) -> Response {
         return axum::Json(json!({ "embeddings": embeddings })).into_response();
     }
     if path.ends_with(":embedContent") {
+        settings.count_embeddings(1);
         let text = request["content"]["parts"][0]["text"]
             .as_str()
             .unwrap_or("");

@@ -22,15 +22,26 @@ fn mib(kib: u64) -> f64 {
 /// The fields every line carries: server memory and CPU over the scenario, machine load.
 pub(crate) fn server_fields(before: ProcSample, after: ProcSample, elapsed: Duration) -> Value {
     let cpu = after.cpu_s - before.cpu_s;
+    let secs = elapsed.as_secs_f64().max(1e-9);
     json!({
         "server_rss_before_mib": mib(before.rss_kib),
         "server_rss_after_mib": mib(after.rss_kib),
         "server_hwm_mib": mib(after.hwm_kib),
         "server_cpu_s": r2(cpu),
-        "server_cores": r2(cpu / elapsed.as_secs_f64().max(1e-9)),
+        "server_cores": r2(cpu / secs),
         "elapsed_s": r2(elapsed.as_secs_f64()),
         "load_avg_1m": load_average(),
+        "bench_cpu_s": r2(after.bench_cpu_s - before.bench_cpu_s),
+        "postgres_cpu_s": r2(after.postgres_cpu_s - before.postgres_cpu_s),
+        "machine_busy_cores": r2((after.machine_busy_s - before.machine_busy_s) / secs),
     })
+}
+
+/// Embedding requests the fake answered since `before` (from [`FakeSettings::embeddings`]), and
+/// the texts in them.
+fn embeddings_since(fake: &FakeSettings, before: (u64, u64)) -> (u64, u64) {
+    let now = fake.embeddings();
+    (now.0 - before.0, now.1 - before.1)
 }
 
 pub(crate) fn merge(mut a: Value, b: Value) -> Value {
@@ -205,6 +216,7 @@ pub async fn streams(
         sockets.push(ws?);
     }
     drop(opening);
+    let embeddings_before = fake.embeddings();
     let before = target.sample();
     let started = Instant::now();
     let start_line = client::barrier(c);
@@ -231,6 +243,7 @@ pub async fn streams(
     }
     let elapsed = started.elapsed();
     let after = target.sample();
+    let (requests, texts) = embeddings_since(fake, embeddings_before);
     let first = shape.first_chunk_ms as f64;
     let overhead: Vec<f64> = ttft.iter().map(|t| t - first).collect();
     Ok(merge(
@@ -250,6 +263,8 @@ pub async fn streams(
             "chunk_added_p99_ms": r2(pct(&added, 99.0)),
             "chunk_added_max_ms": r2(pct(&added, 100.0)),
             "chunk_samples": added.len(),
+            "embedding_requests": requests,
+            "embedded_texts": texts,
             "first_error": first_error,
         }),
         server_fields(before, after, elapsed),
@@ -310,6 +325,7 @@ pub async fn rest_chat(
     for token in tokens.iter().take(2) {
         chat_once(&http, &target.base, token, 0).await?;
     }
+    let embeddings_before = fake.embeddings();
     let before = target.sample();
     let started = Instant::now();
     let mut tasks = JoinSet::new();
@@ -334,6 +350,7 @@ pub async fn rest_chat(
     }
     let elapsed = started.elapsed();
     let after = target.sample();
+    let (requests, texts) = embeddings_since(fake, embeddings_before);
     let n = latencies.len() as f64;
     Ok(merge(
         json!({
@@ -345,6 +362,8 @@ pub async fn rest_chat(
             "p50_ms": r2(pct(&latencies, 50.0)),
             "p99_ms": r2(pct(&latencies, 99.0)),
             "server_cpu_ms_per_chat": r2((after.cpu_s - before.cpu_s) * 1000.0 / n.max(1.0)),
+            "embedding_requests": requests,
+            "embedded_texts": texts,
         }),
         server_fields(before, after, elapsed),
     ))

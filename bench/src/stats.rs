@@ -27,15 +27,24 @@ pub fn r2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// Memory and CPU of one process, read from `/proc/<pid>`.
+/// Memory and CPU of the server, read from `/proc/<pid>`, and beside it the CPU of the rest of
+/// the machine: on two cores the bench's clients and PostgreSQL compete with the server, and a
+/// latency figure means little without them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcSample {
     pub rss_kib: u64,
     pub hwm_kib: u64,
     /// User + system CPU, seconds.
     pub cpu_s: f64,
+    /// This bench process (clients and fake provider), seconds.
+    pub bench_cpu_s: f64,
+    /// Every living `postgres` process, seconds.
+    pub postgres_cpu_s: f64,
+    /// Every CPU's time not idle (`/proc/stat`), seconds.
+    pub machine_busy_s: f64,
 }
 
+/// A process's memory and CPU (the machine's fields left at zero).
 pub fn sample(pid: u32) -> ProcSample {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| -> u64 {
@@ -46,19 +55,81 @@ pub fn sample(pid: u32) -> ProcSample {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces, inside parentheses).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ProcSample {
         rss_kib: field("VmRSS:"),
         hwm_kib: field("VmHWM:"),
-        cpu_s: (ticks(11) + ticks(12)) / hz,
+        cpu_s: process_cpu(&format!("/proc/{pid}/stat")).map_or(0.0, |(_, cpu)| cpu),
+        ..ProcSample::default()
     }
+}
+
+/// The server's figures (none without a pid), and the bench's, PostgreSQL's and the machine's
+/// CPU beside them. Reads every process's `stat`: for the ends of a scenario, not a poll loop.
+pub fn sample_with_machine(pid: Option<u32>) -> ProcSample {
+    ProcSample {
+        bench_cpu_s: process_cpu("/proc/self/stat").map_or(0.0, |(_, cpu)| cpu),
+        postgres_cpu_s: postgres_cpu(),
+        machine_busy_s: machine_busy(),
+        ..pid.map(sample).unwrap_or_default()
+    }
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// A process's command name and user + system CPU in seconds, from its `stat` file.
+fn process_cpu(stat_path: &str) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // The command name may hold spaces; it sits inside the outermost parentheses.
+    let (head, after) = stat.rsplit_once(')')?;
+    let name = head.split_once('(').map_or("", |(_, name)| name).to_owned();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    Some((name, (ticks(11) + ticks(12)) / ticks_per_second()))
+}
+
+/// CPU of every `postgres` process alive now (one that ended took its figure with it; the
+/// server's pooled connections live as long as the run).
+fn postgres_cpu() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| process_cpu(&format!("{}/stat", e.path().display())))
+        .filter(|(name, _)| name == "postgres")
+        .map(|(_, cpu)| cpu)
+        .sum()
+}
+
+/// All CPUs' time not idle (neither `idle` nor `iowait`), from the `cpu` line of `/proc/stat`.
+fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let values: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8) // user nice system idle iowait irq softirq steal
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy: f64 = values
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy / ticks_per_second()
 }
 
 /// The 1-minute load average, for the record.
@@ -103,5 +174,22 @@ mod tests {
         assert_eq!(pct(&[], 50.0), 0.0);
         let me = sample(std::process::id());
         assert!(me.rss_kib > 0 && me.hwm_kib >= me.rss_kib);
+        // Burn some CPU: the bench's own figure and the machine's both move.
+        let before = sample_with_machine(None);
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed().as_millis() < 100 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = sample_with_machine(None);
+        assert!(
+            after.bench_cpu_s > before.bench_cpu_s,
+            "{before:?} {after:?}"
+        );
+        assert!(
+            after.machine_busy_s > before.machine_busy_s,
+            "{before:?} {after:?}"
+        );
+        assert_eq!(after.rss_kib, 0);
     }
 }

@@ -160,7 +160,7 @@ impl Target {
     }
 
     pub fn sample(&self) -> crate::stats::ProcSample {
-        self.pid.map(crate::stats::sample).unwrap_or_default()
+        crate::stats::sample_with_machine(self.pid)
     }
 
     /// Stops a started server (SIGTERM, then kill) and drops its database.

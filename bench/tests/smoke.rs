@@ -69,6 +69,19 @@ fn smoke_run_of_every_scenario() {
     // Every chunk the fake stamped came back in a delta: 10 answers × 5 chunks.
     assert_eq!(streams["chunk_samples"], 50, "{streams}");
     assert!(streams["chunk_added_p50_ms"].as_f64().unwrap() >= 0.0);
+    // Every question reached the fake's embeddings; none took more than one request.
+    let (requests, texts) = (
+        streams["embedding_requests"].as_u64().unwrap(),
+        streams["embedded_texts"].as_u64().unwrap(),
+    );
+    assert!(texts >= 10 && (1..=texts).contains(&requests), "{streams}");
+    // The rest of the machine beside the server.
+    for field in ["bench_cpu_s", "postgres_cpu_s", "machine_busy_cores"] {
+        assert!(
+            streams[field].as_f64().unwrap() >= 0.0,
+            "{field}: {streams}"
+        );
+    }
 
     let rest = find("rest_chat");
     assert_eq!(rest["requests"], 10, "{rest}");
