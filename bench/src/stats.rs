@@ -174,14 +174,22 @@ mod tests {
         assert_eq!(pct(&[], 50.0), 0.0);
         let me = sample(std::process::id());
         assert!(me.rss_kib > 0 && me.hwm_kib >= me.rss_kib);
-        // Burn some CPU: the bench's own figure and the machine's both move.
+        // Burn CPU until both the bench's own figure and the machine's have moved (they count
+        // in clock ticks, and a busy machine may give this thread few of them): a reading
+        // that never moves fails after 10 s.
         let before = sample_with_machine(None);
         let t = Instant::now();
         let mut x = 0u64;
-        while t.elapsed().as_millis() < 100 {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        let mut after = before;
+        while t.elapsed().as_secs() < 10
+            && (after.bench_cpu_s <= before.bench_cpu_s
+                || after.machine_busy_s <= before.machine_busy_s)
+        {
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            after = sample_with_machine(None);
         }
-        let after = sample_with_machine(None);
         assert!(
             after.bench_cpu_s > before.bench_cpu_s,
             "{before:?} {after:?}"
