@@ -53,9 +53,6 @@ impl Target {
             .await
             .context("connecting to PostgreSQL (set DATABASE_URL or --database-url)")?;
         let name = format!("chat_bench_{}", uuid::Uuid::new_v4().simple());
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await?;
         let mut config: tokio_postgres::Config = opts.admin_database_url.parse()?;
         config.dbname(&name);
         let database_url = server::db::url_of(&config);
@@ -103,16 +100,28 @@ impl Target {
         for (k, v) in opts.env {
             command.env(k, v);
         }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", opts.server_bin.display()))?;
+        // The database last, so that nothing fails between its creation and a target that
+        // drops it on `stop`.
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+                    .await;
+                let bin = opts.server_bin.display();
+                return Err(e).context(format!("starting {bin} (its database {name} dropped)"));
+            }
+        };
         let mut target = Self {
             base: format!("http://127.0.0.1:{port}"),
             ws_base: format!("ws://127.0.0.1:{port}"),
             pid: Some(child.id()),
             database_url,
             child: Some(child),
-            created_db: Some(name),
+            created_db: Some(name.clone()),
             admin_url: opts.admin_database_url.to_owned(),
         };
         let client = reqwest::Client::new();
@@ -121,8 +130,11 @@ impl Target {
             if let Some(child) = target.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
+                // Already reaped: only its database is left to drop.
+                target.child = None;
+                target.stop().await;
                 anyhow::bail!(
-                    "chat-server exited during start ({status}); see {}",
+                    "chat-server exited during start ({status}); see {}; its database {name} dropped",
                     opts.log.display()
                 );
             }
@@ -137,7 +149,9 @@ impl Target {
             }
             if Instant::now() > deadline {
                 target.stop().await;
-                anyhow::bail!("chat-server not ready within {ready_within:?}");
+                anyhow::bail!(
+                    "chat-server not ready within {ready_within:?}; its database {name} dropped"
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

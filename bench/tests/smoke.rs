@@ -124,3 +124,44 @@ fn smoke_run_of_every_scenario() {
         assert!(line["cpu_ms_per_text"].as_f64().unwrap() > 0.0, "{line}");
     }
 }
+
+/// A server that cannot start (its knowledge base is missing) fails the run with the reason,
+/// and the database the bench created for it is gone.
+#[test]
+fn a_server_that_cannot_start_leaves_no_database_behind() {
+    let server = server_bin();
+    let missing = std::env::temp_dir().join(format!("no-kb-{}", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+        .args(["--smoke", "--scenarios", "idle", "--kb-dir"])
+        .arg(&missing)
+        .arg("--server-log")
+        .arg(std::env::temp_dir().join(format!("chat-bench-nokb-{}.log", std::process::id())))
+        .arg("--server-bin")
+        .arg(&server)
+        .output()
+        .expect("running chat-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("exited during start"), "{stderr}");
+    let name = stderr
+        .split_whitespace()
+        .find(|w| w.starts_with("chat_bench_"))
+        .unwrap_or_else(|| panic!("no database named in: {stderr}"));
+
+    let url = std::env::var("TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".to_owned());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let exists: bool = runtime.block_on(async {
+        let admin = server::db::connect(&url).await.expect("PostgreSQL");
+        admin
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert!(!exists, "{name} was left behind");
+}
