@@ -1,8 +1,9 @@
 //! A smoke run of `chat-bench` (tiny sizes, seconds) against a real `chat-server` process and
 //! PostgreSQL, so the tool cannot rot. It asserts what each scenario did, never how fast.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
@@ -24,21 +25,30 @@ fn server_bin() -> PathBuf {
     bin
 }
 
+/// `chat-bench --smoke` with `args`, against this profile's `chat-server`, its server log in
+/// the temporary folder under `log_name`.
+fn run_smoke(log_name: &str, args: &[&OsStr]) -> Output {
+    let log = format!("chat-bench-{log_name}-{}.log", std::process::id());
+    Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+        .arg("--smoke")
+        .args(args)
+        .arg("--server-log")
+        .arg(std::env::temp_dir().join(log))
+        .arg("--server-bin")
+        .arg(server_bin())
+        .output()
+        .expect("running chat-bench")
+}
+
 #[test]
 fn smoke_run_of_every_scenario() {
-    let server = server_bin();
-    let output = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
-        .args([
-            "--smoke",
-            "--scenarios",
-            "idle,streams,rest,history,login,retrieval,model,cleanup",
-            "--server-log",
-        ])
-        .arg(std::env::temp_dir().join(format!("chat-bench-smoke-{}.log", std::process::id())))
-        .arg("--server-bin")
-        .arg(&server)
-        .output()
-        .expect("running chat-bench");
+    let output = run_smoke(
+        "smoke",
+        &[
+            "--scenarios".as_ref(),
+            "idle,streams,rest,history,login,retrieval,model,cleanup".as_ref(),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -129,17 +139,16 @@ fn smoke_run_of_every_scenario() {
 /// and the database the bench created for it is gone.
 #[test]
 fn a_server_that_cannot_start_leaves_no_database_behind() {
-    let server = server_bin();
     let missing = std::env::temp_dir().join(format!("no-kb-{}", std::process::id()));
-    let output = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
-        .args(["--smoke", "--scenarios", "idle", "--kb-dir"])
-        .arg(&missing)
-        .arg("--server-log")
-        .arg(std::env::temp_dir().join(format!("chat-bench-nokb-{}.log", std::process::id())))
-        .arg("--server-bin")
-        .arg(&server)
-        .output()
-        .expect("running chat-bench");
+    let output = run_smoke(
+        "nokb",
+        &[
+            "--scenarios".as_ref(),
+            "idle".as_ref(),
+            "--kb-dir".as_ref(),
+            missing.as_os_str(),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("exited during start"), "{stderr}");
