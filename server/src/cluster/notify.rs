@@ -99,21 +99,28 @@ fn trim(event: &mut ClusterEvent) {
     }
 }
 
-/// Publishes `events` from inside `tx` (delivered when it commits).
+/// Publishes `events` from inside `tx` (delivered when it commits, in this order), in one
+/// statement however many there are.
 pub(super) async fn notify_all(
     tx: &deadpool_postgres::Transaction<'_>,
     origin: Uuid,
     events: Vec<AdminEvent>,
 ) -> Result<(), tokio_postgres::Error> {
-    if events.is_empty() {
+    let payloads: Vec<String> = events
+        .into_iter()
+        .filter_map(|event| payload(origin, ClusterEvent::Session { event }))
+        .collect();
+    if payloads.is_empty() {
         return Ok(());
     }
-    let stmt = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
-    for event in events {
-        if let Some(payload) = payload(origin, ClusterEvent::Session { event }) {
-            tx.execute(&stmt, &[&CHANNEL, &payload]).await?;
-        }
-    }
+    // `unnest` yields the array in order, and each row's `pg_notify` queues its payload as
+    // the row is produced.
+    let stmt = tx
+        .prepare_cached(
+            "SELECT count(pg_notify($1, payload)) FROM unnest($2::text[]) AS t(payload)",
+        )
+        .await?;
+    tx.execute(&stmt, &[&CHANNEL, &payloads]).await?;
     Ok(())
 }
 
