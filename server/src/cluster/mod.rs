@@ -8,13 +8,14 @@
 //!   the others reload their own index (cheap: embeddings are cached in PostgreSQL) and tell
 //!   their own admin subscribers. A reload caused by a notification publishes nothing, so two
 //!   instances never bounce reloads back and forth.
-//! - Live sessions: the [`SessionRegistry`] records each open/update/close in [`SessionChanges`] (a coalescing map, so a socket never waits on
-//!   the database); a writer task turns them into rows of `live_sessions` and session events,
-//!   one transaction per batch (notifications are delivered at commit, so a listener that then
-//!   reads the table sees the row). A heartbeat refreshes this instance's rows; rows of
-//!   instances silent for longer than the staleness window are ignored by readers and deleted
-//!   (with a `session_closed` event) by the next heartbeat of any instance. A graceful shutdown
-//!   deletes this instance's rows.
+//! - Live sessions: the [`SessionRegistry`] records each open/update/close in
+//!   [`SessionChanges`] (a coalescing map, so a socket never waits on the database); a writer
+//!   task turns them into rows of `live_sessions` and session events, at most one write per
+//!   [`SESSION_WRITE_GAP`], one transaction per batch (notifications are delivered at commit, so
+//!   a listener that then reads the table sees the row). A heartbeat refreshes this instance's
+//!   rows; rows of instances silent for longer than the staleness window are ignored by readers
+//!   and deleted (with a `session_closed` event) by the next heartbeat of any instance. A
+//!   graceful shutdown deletes this instance's rows.
 //!
 //! - Cancels: a `cancel` frame for an answer another instance generates is published as
 //!   [`ClusterEvent::CancelAnswer`]; the instance holding the answer stops it. (Answers
@@ -56,6 +57,13 @@ pub use notify::{CHANNEL, ClusterEvent, Envelope};
 /// Wait before retrying a reload that found another one in progress (which may have started
 /// before the change it was told about).
 const RELOAD_RETRY: Duration = Duration::from_millis(500);
+
+/// Shortest time between two writes of session changes. Each ask changes its session twice
+/// (answering, then done), so writing every change at once cost a transaction per change: at
+/// 50 sockets asking, more statements than the answers' own. A quarter second still looks
+/// live on an admin console; changes of one session within it make one row update and one
+/// event (the latest state).
+const SESSION_WRITE_GAP: Duration = Duration::from_millis(250);
 
 /// Heartbeat pacing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,10 +267,20 @@ async fn write_sessions(
     // After a failure, changes wait for the next heartbeat instead of each retrying (and
     // logging) on its own while the database is unreachable.
     let mut degraded = false;
+    // A change is written at once after a quiet spell; changes that follow within
+    // `SESSION_WRITE_GAP` wait for its end and share one write.
+    let mut next_write = tokio::time::Instant::now();
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => break,
-            () = cluster.changes.notified(), if !degraded => flush(cluster).await,
+            () = cluster.changes.notified(), if !degraded => {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep_until(next_write) => {}
+                }
+                next_write = tokio::time::Instant::now() + SESSION_WRITE_GAP;
+                flush(cluster).await
+            }
             _ = heartbeat.tick() => beat(cluster, sessions, &mut resync).await,
         };
         match result {

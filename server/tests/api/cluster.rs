@@ -367,3 +367,63 @@ async fn an_admin_disconnects_a_session_on_another_instance_with_a_reason() {
         .await;
     assert_eq!(response.status(), 403);
 }
+
+/// Each ask changes its session twice (answering, then done). Changes close together share one
+/// write of `live_sessions`, so another instance's console gets fewer `session_updated` events
+/// than there were changes, and the last of them carries the session's latest state.
+#[tokio::test]
+async fn quick_session_changes_reach_another_instance_coalesced_and_up_to_date() {
+    const ASKS: u64 = 6;
+    let config = cluster_config().await;
+    let a = spawn_app_from(config.clone()).await;
+    let b = spawn_app_from(config).await;
+    let admin = admin_token(&a).await;
+    let mut events = a.ws_connect_path("/api/admin/events", &admin).await;
+    let snapshot: AdminEvent = serde_json::from_value(next_frame(&mut events).await).unwrap();
+    assert_eq!(snapshot, AdminEvent::Snapshot { sessions: vec![] });
+
+    let user = a.user_tokens("dora").await;
+    let (mut chat, session_id) = chat_on(b.addr, &user.access).await;
+    match next_event(&mut events).await {
+        AdminEvent::SessionOpened { session } => assert_eq!(session.session_id, session_id),
+        other => panic!("expected session_opened, got {other:?}"),
+    }
+
+    for i in 0..ASKS {
+        let ask = serde_json::json!({
+            "type": "ask", "id": format!("q{i}"),
+            "message": "Can I return an item?", "conversation_id": null,
+        });
+        chat.send(Message::text(ask.to_string())).await.unwrap();
+        loop {
+            let frame = next_frame(&mut chat).await;
+            assert_ne!(frame["type"], "error", "{frame}");
+            if frame["type"] == "done" {
+                break;
+            }
+        }
+    }
+
+    let mut updates = Vec::new();
+    loop {
+        let event: AdminEvent = serde_json::from_value(next_frame(&mut events).await).unwrap();
+        match event {
+            AdminEvent::SessionUpdated { session } if session.session_id == session_id => {
+                updates.push((session.asks, session.answering));
+                assert!(session.asks <= ASKS, "{session:?}");
+                if session.asks == ASKS && session.answering == 0 {
+                    break;
+                }
+            }
+            AdminEvent::KbProgress { .. } => {}
+            other => panic!("expected session_updated, got {other:?}"),
+        }
+    }
+    assert!(
+        (updates.len() as u64) < 2 * ASKS,
+        "{} session_updated events (asks, answering) for {} changes: none were coalesced: \
+         {updates:?}",
+        updates.len(),
+        2 * ASKS
+    );
+}
