@@ -240,3 +240,44 @@ async fn warm_connections_have_the_hot_statements_prepared() {
         "a connection opened on demand"
     );
 }
+
+/// The local model's workers run the parallel loops of a forward pass (softmax, layer norm, the
+/// tokenizer's batch) themselves. Handed to rayon's global pool instead, the workers queued
+/// behind each other on its threads; here every thread of that pool is held busy, and the
+/// embedding must still finish.
+#[tokio::test]
+async fn the_local_model_does_not_wait_for_rayons_global_pool() {
+    let dir = workspace_dir().join("models/all-MiniLM-L6-v2");
+    let model = tokio::task::spawn_blocking(move || LocalEmbedder::load(&dir))
+        .await
+        .unwrap()
+        .expect("model loads");
+    let texts: Vec<String> = (0..8)
+        .map(|i| format!("Refunds for order {i} take five business days after we receive it."))
+        .collect();
+
+    let gate = Arc::new(std::sync::RwLock::new(()));
+    let closed = gate.write().unwrap();
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads = rayon::current_num_threads();
+    for _ in 0..threads {
+        let (gate, busy) = (Arc::clone(&gate), Arc::clone(&busy));
+        rayon::spawn(move || {
+            busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(gate.read());
+        });
+    }
+    while busy.load(std::sync::atomic::Ordering::SeqCst) < threads {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        model.embed(&texts, EmbedKind::Document),
+    )
+    .await;
+    drop(closed);
+    let vectors = result
+        .expect("the embedding waited for rayon's global pool")
+        .unwrap();
+    assert_eq!(vectors.len(), texts.len());
+}

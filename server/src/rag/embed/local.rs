@@ -175,10 +175,22 @@ impl LocalEmbedder {
         let receiver = Arc::new(std::sync::Mutex::new(receiver));
         for i in 0..cores {
             let (model, receiver) = (Arc::clone(&model), Arc::clone(&receiver));
-            std::thread::Builder::new()
-                .name(format!("embed-{i}"))
-                .spawn(move || embed_worker(&model, &receiver, batching))
+            // Each worker is the only thread of a rayon pool of its own, so the parallel loops
+            // inside a forward pass (candle's softmax and layer norm, the tokenizer) run inline
+            // on it. On a worker outside any pool they went to rayon's global pool, one thread
+            // under `one_thread_per_forward_pass`: every worker handed each such loop to that
+            // one thread and slept until it was done, so the workers queued behind each other
+            // (BENCHMARKS.md, Follow-up 8). Dropping the pool's handle lets its thread end when
+            // the worker returns.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(move |_| format!("embed-{i}"))
+                // Without a handler rayon aborts the process on a panic; like a plain thread,
+                // the worker just ends (the others go on).
+                .panic_handler(|_| tracing::error!("an embedding worker panicked and stopped"))
+                .build()
                 .context("starting an embedding worker")?;
+            pool.spawn(move || embed_worker(&model, &receiver, batching));
         }
         Ok(Self {
             jobs: sender,
