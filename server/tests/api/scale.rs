@@ -256,15 +256,15 @@ async fn the_local_model_does_not_wait_for_rayons_global_pool() {
         .map(|i| format!("Refunds for order {i} take five business days after we receive it."))
         .collect();
 
-    let gate = Arc::new(std::sync::RwLock::new(()));
-    let closed = gate.write().unwrap();
+    let gate = Arc::new(tokio::sync::RwLock::new(()));
+    let closed = gate.write().await;
     let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let threads = rayon::current_num_threads();
     for _ in 0..threads {
         let (gate, busy) = (Arc::clone(&gate), Arc::clone(&busy));
         rayon::spawn(move || {
             busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            drop(gate.read());
+            drop(gate.blocking_read());
         });
     }
     while busy.load(std::sync::atomic::Ordering::SeqCst) < threads {
