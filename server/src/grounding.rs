@@ -180,6 +180,7 @@ impl Answerer {
                 .collect(),
             question: request.question,
         };
+        let called = std::time::Instant::now();
         let mut upstream = self.model.stream(&prompt).await?;
         // The model implementations retry before the first delta; an error as the very first
         // item still means nothing was produced, so report it here, as the interface promises.
@@ -188,6 +189,7 @@ impl Answerer {
             Some(Ok(chunk)) => Some(Ok(chunk)),
             None => None,
         };
+        crate::telemetry::ask_stage("model_first_chunk", called.elapsed());
         let stream = stream::iter(first)
             .chain(upstream.map(|item| item.map_err(AnswerError::from)))
             .boxed();

@@ -46,6 +46,14 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Records how long one step before an answer's first token took, waits included, in
+/// `chat_ask_stage_seconds{stage}`: `limit` (the shared asks-per-minute check of a socket's
+/// ask), `store` (the question's statement), `model_first_chunk` (the model call until its
+/// first chunk). Retrieval, the question's embedding included, is `rag_retrieval_seconds`.
+pub fn ask_stage(stage: &'static str, took: Duration) {
+    metrics::histogram!("chat_ask_stage_seconds", "stage" => stage).record(took.as_secs_f64());
+}
+
 /// Drains the recorder's histograms on a timer (the exporter's upkeep), so their memory stays
 /// flat when nothing scrapes `/metrics`.
 pub async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {

@@ -252,6 +252,35 @@ async fn header_auth_streams_an_answer_in_order_that_matches_what_is_stored() {
     wait_for("the session to go", || state.sessions.is_empty()).await;
 }
 
+/// The count of one `chat_ask_stage_seconds` stage in the server's `/metrics` (0 if absent).
+async fn stage_count(app: &TestApp, stage: &str) -> f64 {
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let series = format!("chat_ask_stage_seconds_count{{stage=\"{stage}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn an_asks_steps_before_its_first_token_are_timed_in_the_metrics() {
+    let app = spawn_app().await;
+    let tokens = app.user_tokens("tim").await;
+    let stages = ["limit", "store", "model_first_chunk"];
+    let mut before = Vec::new();
+    for stage in stages {
+        before.push(stage_count(&app, stage).await);
+    }
+    let mut ws = connect_ready(&app, &tokens.access).await;
+    ask(&mut ws, "t1", "How long do refunds take?").await;
+    let answer = read_answer(&mut ws, "t1").await;
+    assert_eq!(answer.done["finish_reason"], "stop", "{:?}", answer);
+    for (stage, before) in stages.into_iter().zip(before) {
+        let after = stage_count(&app, stage).await;
+        assert!(after >= before + 1.0, "{stage}: {before} -> {after}");
+    }
+}
+
 #[tokio::test]
 async fn first_frame_auth_works_and_bad_credentials_are_refused() {
     let app = spawn_app().await;

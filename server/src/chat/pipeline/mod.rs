@@ -87,11 +87,14 @@ pub(crate) async fn admit(
     validate(config, question)?;
     let per_minute = config.asks_per_minute;
     let key = ask_key(user_id);
+    let started = Instant::now();
     let shared = async {
         let client = db.get().await?;
         crate::throttle::sliding_hit(&client, &key, per_minute, ASK_WINDOW_SECS).await
     };
-    let verdict = match shared.await {
+    let shared = shared.await;
+    crate::telemetry::ask_stage("limit", started.elapsed());
+    let verdict = match shared {
         Ok(verdict) => verdict,
         Err(e) => {
             tracing::warn!(error = ?e, "shared ask limit unavailable; counting locally");
@@ -139,19 +142,23 @@ pub(crate) async fn accept(
         max,
         window_secs: ASK_WINDOW_SECS,
     });
-    let client = db.get().await?;
-    let stored = store::store_question(
-        &client,
-        instance_id,
-        user_id,
-        conversation_id,
-        &question,
-        history_turns,
-        limit.as_ref(),
-        stream,
-    )
-    .await?;
-    let stored = match stored {
+    let stored = async {
+        let client = db.get().await?;
+        store::store_question(
+            &client,
+            instance_id,
+            user_id,
+            conversation_id,
+            &question,
+            history_turns,
+            limit.as_ref(),
+            stream,
+        )
+        .await
+    }
+    .await;
+    crate::telemetry::ask_stage("store", asked_at.elapsed());
+    let stored = match stored? {
         store::Stored::Question(stored) => stored,
         store::Stored::Limited { retry_after_secs } => {
             let per_minute = asks_per_minute.unwrap_or_default();
