@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Ws};
 use crate::fake::{FakeSettings, stamps};
-use crate::stats::{ProcSample, load_average, now_us, pct, r2, sample};
+use crate::stats::{self, ProcSample, load_average, now_us, pct, r2, sample};
 use crate::target::Target;
 
 fn mib(kib: u64) -> f64 {
@@ -217,6 +217,7 @@ pub async fn streams(
     }
     drop(opening);
     let embeddings_before = fake.embeddings();
+    let metrics_before = server_metrics(target).await;
     let before = target.sample();
     let started = Instant::now();
     let start_line = client::barrier(c);
@@ -244,6 +245,7 @@ pub async fn streams(
     let elapsed = started.elapsed();
     let after = target.sample();
     let (requests, texts) = embeddings_since(fake, embeddings_before);
+    let stages = stats::stage_means_ms(&metrics_before, &server_metrics(target).await);
     let first = shape.first_chunk_ms as f64;
     let overhead: Vec<f64> = ttft.iter().map(|t| t - first).collect();
     Ok(merge(
@@ -265,10 +267,28 @@ pub async fn streams(
             "chunk_samples": added.len(),
             "embedding_requests": requests,
             "embedded_texts": texts,
+            "server_stage_mean_ms": stages,
             "first_error": first_error,
         }),
         server_fields(before, after, elapsed),
     ))
+}
+
+/// The server's `/metrics` samples (none if it cannot be scraped: the stage means are then
+/// left out, the scenario's own figures stand).
+async fn server_metrics(target: &Target) -> std::collections::HashMap<String, f64> {
+    let scraped = async {
+        let response = client::http()
+            .get(format!("{}/metrics", target.base))
+            .send()
+            .await?
+            .error_for_status()?;
+        response.text().await
+    };
+    match scraped.await {
+        Ok(text) => stats::prometheus_samples(&text),
+        Err(_) => std::collections::HashMap::new(),
+    }
 }
 
 /// One ask on one socket: (ms to the first delta, ms the server added to each chunk).

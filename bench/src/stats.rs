@@ -1,7 +1,10 @@
 //! Clocks, percentiles and a process's memory and CPU from `/proc`.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Instant;
+
+use serde_json::{Value, json};
 
 static START: OnceLock<Instant> = OnceLock::new();
 
@@ -140,6 +143,51 @@ pub fn load_average() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The server's histograms whose means, over a scenario, say where an ask's time to its
+/// first delta went: (name in the output, the series' name without `_sum`/`_count`).
+pub const STAGES: [(&str, &str); 5] = [
+    ("limit", "chat_ask_stage_seconds{stage=\"limit\"}"),
+    ("store", "chat_ask_stage_seconds{stage=\"store\"}"),
+    ("retrieval", "rag_retrieval_seconds"),
+    (
+        "model_first_chunk",
+        "chat_ask_stage_seconds{stage=\"model_first_chunk\"}",
+    ),
+    ("first_token", "chat_first_token_seconds"),
+];
+
+/// The samples of a Prometheus text exposition: series (name and labels) → value.
+pub fn prometheus_samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.trim().rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The mean of each of [`STAGES`] over the observations made between two scrapes, in ms
+/// (absent when none were made).
+pub fn stage_means_ms(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> Value {
+    let delta = |series: String| {
+        after.get(&series).copied().unwrap_or(0.0) - before.get(&series).copied().unwrap_or(0.0)
+    };
+    let suffixed = |series: &str, suffix: &str| match series.split_once('{') {
+        Some((name, labels)) => format!("{name}{suffix}{{{labels}"),
+        None => format!("{series}{suffix}"),
+    };
+    let mut means = serde_json::Map::new();
+    for (name, series) in STAGES {
+        let count = delta(suffixed(series, "_count"));
+        if count > 0.0 {
+            let mean = delta(suffixed(series, "_sum")) / count * 1000.0;
+            means.insert(name.to_owned(), json!(r2(mean)));
+        }
+    }
+    Value::Object(means)
+}
+
 /// Raises this process's soft open-file limit to the hard one; returns the limit.
 pub fn raise_open_files() -> u64 {
     let mut limit = libc::rlimit {
@@ -165,6 +213,29 @@ pub fn raise_open_files() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage_means_come_from_the_difference_of_two_scrapes() {
+        let before = prometheus_samples(
+            "# TYPE chat_ask_stage_seconds summary\n\
+             chat_ask_stage_seconds_sum{stage=\"store\"} 1.5\n\
+             chat_ask_stage_seconds_count{stage=\"store\"} 10\n\
+             rag_retrieval_seconds_sum 0.25\n\
+             rag_retrieval_seconds_count 5\n",
+        );
+        let after = prometheus_samples(
+            "chat_ask_stage_seconds_sum{stage=\"store\"} 2.5\n\
+             chat_ask_stage_seconds_count{stage=\"store\"} 14\n\
+             chat_ask_stage_seconds_bucket{stage=\"store\",le=\"0.5\"} 14\n\
+             rag_retrieval_seconds_sum 0.25\n\
+             rag_retrieval_seconds_count 5\n\
+             chat_first_token_seconds_sum 0.9\n\
+             chat_first_token_seconds_count 3\n",
+        );
+        let means = stage_means_ms(&before, &after);
+        // (2.5 - 1.5) s over 4 new observations; 0.9 s over 3; nothing new for retrieval.
+        assert_eq!(means, json!({"store": 250.0, "first_token": 300.0}));
+    }
 
     #[test]
     fn percentiles_and_own_process() {
