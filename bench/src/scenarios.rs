@@ -224,7 +224,8 @@ pub async fn streams(
     let mut tasks = JoinSet::new();
     for (i, ws) in sockets.into_iter().enumerate() {
         let start_line = Arc::clone(&start_line);
-        tasks.spawn(async move { one_stream(ws, i, start_line).await });
+        let question = format!("{} [{run}]", client::question(i));
+        tasks.spawn(async move { one_stream(ws, i, question, start_line).await });
     }
     let (mut ttft, mut added, mut done, mut failed) = (Vec::new(), Vec::new(), 0u64, 0u64);
     let mut first_error = None;
@@ -291,15 +292,17 @@ async fn server_metrics(target: &Target) -> std::collections::HashMap<String, f6
     }
 }
 
-/// One ask on one socket: (ms to the first delta, ms the server added to each chunk).
+/// One ask on one socket: (ms to the first delta, ms the server added to each chunk). The
+/// question carries the run's name, so a later burst's questions are new to the server too.
 async fn one_stream(
     mut ws: Ws,
     i: usize,
+    question: String,
     start_line: Arc<tokio::sync::Barrier>,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
     start_line.wait().await;
     let sent = now_us();
-    client::ask(&mut ws, &format!("q{i}"), &client::question(i)).await?;
+    client::ask(&mut ws, &format!("q{i}"), &question).await?;
     let mut first = None;
     let mut added = Vec::new();
     loop {
