@@ -145,7 +145,8 @@ pub fn load_average() -> f64 {
 
 /// The server's histograms whose means, over a scenario, say where an ask's time to its
 /// first delta went: (name in the output, the series' name without `_sum`/`_count`).
-pub const STAGES: [(&str, &str); 4] = [
+pub const STAGES: [(&str, &str); 5] = [
+    ("limit", "chat_ask_stage_seconds{stage=\"limit\"}"),
     ("store", "chat_ask_stage_seconds{stage=\"store\"}"),
     ("retrieval", "rag_retrieval_seconds"),
     (

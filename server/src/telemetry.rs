@@ -47,9 +47,9 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 /// Records how long one step before an answer's first token took, waits included, in
-/// `chat_ask_stage_seconds{stage}`: `store` (the question's statement, which also counts the
-/// shared asks-per-minute limit), `model_first_chunk` (the model call until its first chunk).
-/// Retrieval, the question's embedding included, is `rag_retrieval_seconds`.
+/// `chat_ask_stage_seconds{stage}`: `limit` (the shared asks-per-minute check of a socket's
+/// ask), `store` (the question's statement), `model_first_chunk` (the model call until its
+/// first chunk). Retrieval, the question's embedding included, is `rag_retrieval_seconds`.
 pub fn ask_stage(stage: &'static str, took: Duration) {
     metrics::histogram!("chat_ask_stage_seconds", "stage" => stage).record(took.as_secs_f64());
 }

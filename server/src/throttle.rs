@@ -8,8 +8,8 @@
 //! around a boundary; for limits measured in handfuls per minutes that is an accepted cost of
 //! a single statement per check.)
 //!
-//! Asks per minute per user use a sliding log instead (table `rate_logs`), counted in the
-//! statement that stores the question ([`sliding_hit_sql`]); [`sliding_hit`] runs it alone.
+//! Asks per minute per user use a sliding log instead ([`sliding_hit`], table `rate_logs`), also
+//! one statement per check.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;

@@ -34,13 +34,10 @@ pub enum LogEvent {
         message: String,
     },
     Done(Done),
-    /// The question was not accepted (e.g. someone else's conversation, or over the asks
-    /// limit, with the seconds to wait); nothing was stored.
+    /// The question was not accepted (e.g. someone else's conversation); nothing was stored.
     Rejected {
         code: ErrorCode,
         message: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        retry_after: Option<u64>,
     },
 }
 
@@ -251,7 +248,6 @@ mod tests {
             LogEvent::Rejected {
                 code: ErrorCode::Interrupted,
                 message: "gone".into(),
-                retry_after: None,
             },
         ];
         for event in events {

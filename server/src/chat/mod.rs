@@ -39,9 +39,10 @@ pub mod socket;
 pub(crate) mod store;
 pub mod watchers;
 
-/// The statements every ask runs (its question with its limit, its answer, and the relay's rows
-/// on the socket), prepared on each pooled connection at start (see [`crate::db::warm`]).
-pub(crate) const HOT_STATEMENTS: [&str; 4] = [
+/// The statements every ask runs (its limit, its question, its answer, and the relay's rows on
+/// the socket), prepared on each pooled connection at start (see [`crate::db::warm`]).
+pub(crate) const HOT_STATEMENTS: [&str; 5] = [
+    crate::throttle::SLIDING_HIT_SQL,
     store::NEW_QUESTION_SQL,
     store::FOLLOW_UP_SQL,
     store::STORE_ANSWER_SQL,

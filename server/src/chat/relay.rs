@@ -28,8 +28,7 @@
 //! Cancel from another instance goes through [`crate::cluster`] (`ClusterEvent::CancelAnswer`).
 //!
 //! # Shared limits
-//! - Asks per minute: [`crate::throttle::sliding_hit_sql`] on `rate_logs`, in the statement that
-//!   stores the question.
+//! - Asks per minute: [`crate::throttle::sliding_hit`] on `rate_logs` (one statement per ask).
 //! - Sockets per user: [`Relay::lease_socket`] (one statement per socket open).
 //!
 //! [`sweep`] deletes finished streams older than the resume window, idle rate logs and leases of
@@ -367,7 +366,6 @@ impl RemoteCursor {
                         self.buffer.push_back(LogEvent::Rejected {
                             code: ErrorCode::Unavailable,
                             message: "the answer cannot be read right now; ask again".into(),
-                            retry_after: None,
                         });
                     }
                 }
@@ -377,7 +375,6 @@ impl RemoteCursor {
                     self.buffer.push_back(LogEvent::Rejected {
                         code: ErrorCode::Unavailable,
                         message: "the answer stopped arriving; ask again".into(),
-                        retry_after: None,
                     });
                     continue;
                 }
@@ -429,14 +426,12 @@ impl RemoteCursor {
             None => Some(LogEvent::Rejected {
                 code: ErrorCode::NotFound,
                 message: "no recent answer with this id".into(),
-                retry_after: None,
             }),
             // Finished: its last batch (with the end) committed with `finished_at`; read again.
             Some(row) if row.get::<_, bool>(0) => None,
             Some(row) if !row.get::<_, bool>(1) => Some(LogEvent::Rejected {
                 code: ErrorCode::Interrupted,
                 message: "the server answering this stopped; ask again".into(),
-                retry_after: None,
             }),
             Some(_) => None,
         })

@@ -95,7 +95,7 @@ pub async fn chat(
             LogEvent::Sources { sources: s, .. } => sources = s,
             LogEvent::Delta { text, .. } => answer.push_str(&text),
             LogEvent::Failed { code, message } => failed = Some((code, message)),
-            LogEvent::Rejected { code, message, .. } => return Err(failure(code, message)),
+            LogEvent::Rejected { code, message } => return Err(failure(code, message)),
             LogEvent::Done(done) => {
                 if done.finish_reason == FinishReason::Error {
                     let (code, message) = failed.unwrap_or((ErrorCode::Internal, String::new()));
@@ -162,7 +162,7 @@ fn to_sse(event: &LogEvent) -> Event {
             },
         ),
         LogEvent::Delta { seq, text } => sse_event("delta", &SseDelta { seq: *seq, text }),
-        LogEvent::Failed { code, message } | LogEvent::Rejected { code, message, .. } => sse_event(
+        LogEvent::Failed { code, message } | LogEvent::Rejected { code, message } => sse_event(
             "error",
             &SseError {
                 code: *code,

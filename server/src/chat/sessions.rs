@@ -257,15 +257,6 @@ impl SessionRegistry {
         }
     }
 
-    /// Takes back the user's latest ask counted by [`Self::check_rate`] (one the shared limit
-    /// then refused), so this instance's count never holds more than the shared one.
-    pub(crate) fn uncount_ask(&self, user_id: Uuid) {
-        let mut guard = lock(&self.asks);
-        if let Some(times) = guard.0.get_mut(&user_id) {
-            times.pop_back();
-        }
-    }
-
     /// Counts an ask against the user's per-minute limit, or says in how many seconds one
     /// would be allowed.
     pub(crate) fn check_rate(&self, user_id: Uuid, per_minute: u32) -> Result<(), u64> {
@@ -408,11 +399,6 @@ mod tests {
         let retry = registry.check_rate(alice, 2).unwrap_err();
         assert!((1..=60).contains(&retry));
         assert!(registry.check_rate(bob, 2).is_ok());
-        // An ask taken back (the shared limit refused it) frees its place.
-        registry.uncount_ask(alice);
-        assert!(registry.check_rate(alice, 2).is_ok());
-        assert!(registry.check_rate(alice, 2).is_err());
-        registry.uncount_ask(Uuid::new_v4());
     }
 
     #[test]

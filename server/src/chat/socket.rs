@@ -679,10 +679,12 @@ impl Connection {
         }
         pipeline::admit(
             &self.state.config,
+            &self.state.db,
             &self.state.sessions,
             self.user.id,
             &message,
-        )?;
+        )
+        .await?;
         let log = AnswerLog::new();
         self.state
             .sessions
@@ -719,7 +721,6 @@ impl Connection {
                 user_id,
                 message,
                 conversation_id,
-                Some(state.config.asks_per_minute),
                 Some(&stream),
             )
             .await;
@@ -732,10 +733,7 @@ impl Connection {
                     );
                     pipeline::generate(state, accepted, prepared, answer_log).await;
                 }
-                Err(e) => {
-                    pipeline::unadmit(&state.sessions, user_id, &e);
-                    pipeline::reject(&answer_log, &e);
-                }
+                Err(e) => pipeline::reject(&answer_log, &e),
             }
         });
         metrics::counter!("chat_asks_total", "via" => "socket").increment(1);
@@ -776,22 +774,14 @@ async fn follow(
                 seq,
                 text,
             },
-            LogEvent::Failed { code, message } => ServerFrame::Error {
-                id: Some(id.clone()),
-                code,
-                message,
-                retry_after: None,
-            },
-            LogEvent::Rejected {
-                code,
-                message,
-                retry_after,
-            } => ServerFrame::Error {
-                id: Some(id.clone()),
-                code,
-                message,
-                retry_after,
-            },
+            LogEvent::Failed { code, message } | LogEvent::Rejected { code, message } => {
+                ServerFrame::Error {
+                    id: Some(id.clone()),
+                    code,
+                    message,
+                    retry_after: None,
+                }
+            }
             LogEvent::Done(done) => ServerFrame::Done {
                 id: id.clone(),
                 done,
@@ -916,7 +906,6 @@ mod tests {
         log.push(LogEvent::Rejected {
             code: ErrorCode::NotFound,
             message: "gone".into(),
-            retry_after: None,
         });
         let mut seqs = Vec::new();
         while let Some(Outgoing::Frame(frame)) = queue.recv().await {

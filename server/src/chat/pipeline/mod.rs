@@ -2,12 +2,12 @@
 //! or SSE). Retrieval and the prompt are the `Answerer`'s (the retrieval + prompt step); this
 //! module runs the question through, in order:
 //!
-//! 1. `admit`: the question's length and this instance's own count of the user's asks (no
-//!    round trip; nothing stored yet). REST checks only the length, with `validate`;
-//! 2. `accept`: the question counted against the shared asks-per-minute limit and stored, in
-//!    one statement, in its conversation or a new one, with the recent turns read for the
-//!    prompt (or `reject`: the refusal written to the log); on the socket,
-//!    `accept_and_prepare` runs a new conversation's retrieval and model call meanwhile;
+//! 1. `admit`: the question's length and the asks-per-minute limit (nothing stored yet);
+//! 2. `accept`: the question stored, in its conversation or a new one, with the recent turns read
+//!    for the prompt (or `reject`: the refusal written to the log); on the socket,
+//!    `accept_and_prepare` runs a new conversation's retrieval and model call meanwhile. REST
+//!    checks the question with `validate` and counts the limit in `accept`'s own statement
+//!    (one round trip fewer);
 //! 3. `generate`, in a task of its own (independent of whoever asked, so a disconnect does not
 //!    stop it), in three steps:
 //!    - `stream`: retrieval + prompt, then the model's deltas into the answer's [`AnswerLog`],
@@ -74,29 +74,34 @@ fn over_limit(per_minute: u32, retry_after_secs: u64) -> ApiError {
     }
 }
 
-/// Checks a question and counts it in this instance's own window of the user's asks, so an
-/// ask that would be over the limit here is refused before any model call or round trip. The
-/// shared limit (every instance's asks, REST's too) is counted in [`accept`]'s statement, which
-/// refuses what this count let through; [`unadmit`] then takes the ask back out of it.
-pub(crate) fn admit(
+/// Checks a question and counts it against the user's asks-per-minute limit, shared by every
+/// instance (`rate_logs`, one statement). If the database cannot be asked, this instance's own
+/// count applies instead, so the limit never falls away entirely.
+pub(crate) async fn admit(
     config: &Config,
+    db: &Pool,
     sessions: &SessionRegistry,
     user_id: Uuid,
     question: &str,
 ) -> Result<(), ApiError> {
     validate(config, question)?;
     let per_minute = config.asks_per_minute;
-    sessions
-        .check_rate(user_id, per_minute)
-        .map_err(|retry_after_secs| over_limit(per_minute, retry_after_secs))
-}
-
-/// Takes an [`admit`]ted ask back out of this instance's count when [`accept`] refused it
-/// for the shared limit.
-pub(crate) fn unadmit(sessions: &SessionRegistry, user_id: Uuid, refusal: &ApiError) {
-    if matches!(refusal, ApiError::RateLimited { .. }) {
-        sessions.uncount_ask(user_id);
-    }
+    let key = ask_key(user_id);
+    let started = Instant::now();
+    let shared = async {
+        let client = db.get().await?;
+        crate::throttle::sliding_hit(&client, &key, per_minute, ASK_WINDOW_SECS).await
+    };
+    let shared = shared.await;
+    crate::telemetry::ask_stage("limit", started.elapsed());
+    let verdict = match shared {
+        Ok(verdict) => verdict,
+        Err(e) => {
+            tracing::warn!(error = ?e, "shared ask limit unavailable; counting locally");
+            sessions.check_rate(user_id, per_minute)
+        }
+    };
+    verdict.map_err(|retry_after_secs| over_limit(per_minute, retry_after_secs))
 }
 
 /// A question that has been stored and is ready to be answered.
@@ -114,10 +119,11 @@ pub(crate) struct Accepted {
 pub(crate) type Prepared = Option<Result<PreparedAnswer, AnswerError>>;
 
 /// Stores a question (see [`store::store_question`]). With `asks_per_minute`, the question is
-/// also counted against the user's shared asks-per-minute limit in the same statement, and
-/// neither counted nor stored if the limit is reached (socket and REST alike: one round trip
-/// for both). With `stream`, the relay's stream row of the answer is written in the same
-/// statement too (the socket's answers).
+/// also counted against the user's asks-per-minute limit in the same statement, and neither
+/// counted nor stored if the limit is reached: for a caller that checked it with [`validate`]
+/// instead of [`admit`]. (Without the database the question could not be stored either, so
+/// [`admit`]'s local count has no use there.) With `stream`, the relay's stream row of the
+/// answer is written in the same statement too (the socket's answers).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn accept(
     db: &Pool,
@@ -172,10 +178,9 @@ pub(crate) async fn accept(
 /// [`accept`], and for a question that opens a new conversation (its prompt needs no stored
 /// turns) the answer's retrieval and model call at the same time: the database work hides
 /// behind the model's wait for its first chunk instead of adding to it. The model is only
-/// called for a question that passed [`admit`]; if storing fails or the shared limit refuses
-/// it, the call is dropped (which aborts it) at once and the question is rejected, before any
-/// of it was shown. A cancel of `log` drops the call too (the answer then ends `cancelled` in
-/// [`generate`]). `asks_per_minute` and `stream` as in [`accept`].
+/// called for a question that passed [`admit`]; if storing fails, the call is dropped (which
+/// aborts it) at once and the question is rejected as before. A cancel of `log` drops the call
+/// too (the answer then ends `cancelled` in [`generate`]). `stream` as in [`accept`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn accept_and_prepare(
     answerer: &Answerer,
@@ -186,7 +191,6 @@ pub(crate) async fn accept_and_prepare(
     user_id: Uuid,
     question: String,
     conversation_id: Option<Uuid>,
-    asks_per_minute: Option<u32>,
     stream: Option<&store::StreamRow<'_>>,
 ) -> Result<(Accepted, Prepared), ApiError> {
     // A follow-up's prompt needs its stored turns: it is prepared after the store, in `generate`.
@@ -201,7 +205,7 @@ pub(crate) async fn accept_and_prepare(
         user_id,
         question,
         conversation_id,
-        asks_per_minute,
+        None,
         stream,
     );
     let Some(request) = request else {
@@ -225,7 +229,6 @@ pub(crate) fn reject(log: &AnswerLog, error: &ApiError) {
     log.push(LogEvent::Rejected {
         code: body.error.code,
         message: body.error.message,
-        retry_after: body.error.retry_after,
     });
 }
 
@@ -237,7 +240,6 @@ impl Drop for EndGuard {
         self.0.push(LogEvent::Rejected {
             code: ErrorCode::Internal,
             message: "internal error".into(),
-            retry_after: None,
         });
     }
 }
