@@ -27,6 +27,7 @@ use crate::state::AppState;
 
 pub mod compat;
 mod durable;
+pub(crate) mod event_writer;
 pub mod feedback;
 pub mod log;
 pub mod orphans;
@@ -46,7 +47,7 @@ pub(crate) const HOT_STATEMENTS: [&str; 5] = [
     store::NEW_QUESTION_SQL,
     store::FOLLOW_UP_SQL,
     store::STORE_ANSWER_SQL,
-    relay::WRITE_EVENTS_SQL,
+    event_writer::WRITE_EVENTS_SQL,
 ];
 
 pub fn routes() -> OpenApiRouter<AppState> {

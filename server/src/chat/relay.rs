@@ -9,10 +9,12 @@
 //! - the question's own statement writes the `answer_streams` row (see
 //!   [`StreamRow`](super::store::StreamRow)), before the answer produces anything, so a client
 //!   that has seen any part of an answer can find it from anywhere;
-//! - [`Relay::publish`] follows the log like any reader and appends its events to
+//! - [`Relay::spawn_publisher`] follows the log like any reader and appends its events to
 //!   `answer_events` in batches: the first event of a batch waits at most [`BATCH_INTERVAL`] for
-//!   company (or [`BATCH_MAX`] events), then one statement writes the batch (and, with the end,
-//!   `finished_at`). One round trip per ~50 ms of streaming, none per chunk;
+//!   company (or [`BATCH_MAX`] events), then the batch (and, with the end, `finished_at`) goes to
+//!   the instance's one [`EventWriter`], which writes the batches of all the answers streaming
+//!   at that moment in one statement. One batch per ~50 ms of streaming, none per chunk, and at
+//!   most one statement in flight for all the answers of an instance;
 //! - [`Relay::find`] and [`RemoteCursor`] read them back on the resuming instance, polling at the
 //!   batch interval while the answer is still being written, with the same `seq` numbering and
 //!   the same `after_seq` filter as a local resume: no gap, no duplicate;
@@ -50,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use super::event_writer::EventWriter;
 use super::log::{LogCursor, LogEvent};
 use super::sessions::RESUME_WINDOW;
 use crate::error::ApiError;
@@ -77,6 +80,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// This instance's side of the shared answer streams and limits.
 pub struct Relay {
     db: Pool,
+    /// Writes every publisher's batches, several in one statement.
+    writer: EventWriter,
     instance_id: Uuid,
     /// An instance is dead to readers once silent for this long in `instances`.
     stale_after: Duration,
@@ -94,8 +99,10 @@ pub struct StreamRef {
 }
 
 impl Relay {
+    /// Starts the instance's event writer: call it on the runtime.
     pub fn new(db: Pool, instance_id: Uuid, stale_after: Duration) -> Self {
         Self {
+            writer: EventWriter::start(db.clone()),
             db,
             instance_id,
             stale_after,
@@ -112,7 +119,7 @@ impl Relay {
     /// copies `cursor` (a reader from the log's start) into `answer_events` until the log's end.
     pub fn spawn_publisher(&self, tasks: &TaskTracker, stream_id: Uuid, cursor: LogCursor) {
         let guard = Publishing::start(Arc::clone(&self.publishing));
-        tasks.spawn(publish(self.db.clone(), stream_id, cursor, guard));
+        tasks.spawn(publish(self.writer.clone(), stream_id, cursor, guard));
     }
 
     /// The user's latest answer with ask id `ask_id` still in the table, on any instance.
@@ -236,7 +243,7 @@ impl Drop for Publishing {
 }
 
 /// Copies `cursor` into `answer_events` in batches until the log's end is written.
-async fn publish(db: Pool, stream_id: Uuid, mut cursor: LogCursor, _guard: Publishing) {
+async fn publish(writer: EventWriter, stream_id: Uuid, mut cursor: LogCursor, _guard: Publishing) {
     let mut pending: Vec<LogEvent> = Vec::new();
     let mut next_pos: i32 = 0;
     let mut ended = false;
@@ -251,8 +258,9 @@ async fn publish(db: Pool, stream_id: Uuid, mut cursor: LogCursor, _guard: Publi
                 None => ended = true,
             }
         }
-        // Let a batch fill for a moment: one write per interval, not per chunk.
-        let deadline = Instant::now() + BATCH_INTERVAL;
+        // Let a batch fill for a moment: one write per interval, not per chunk. Every publisher
+        // hands its batch over at the same ticks, so the writer finds them together.
+        let deadline = next_tick(Instant::now());
         while !ended && pending.len() < BATCH_MAX {
             tokio::select! {
                 event = cursor.next() => match event {
@@ -268,7 +276,7 @@ async fn publish(db: Pool, stream_id: Uuid, mut cursor: LogCursor, _guard: Publi
         if pending.is_empty() && ended {
             return;
         }
-        match write_batch(&db, stream_id, next_pos, &pending, ended).await {
+        match write_batch(&writer, stream_id, next_pos, &pending, ended).await {
             Ok(()) => {
                 failures = 0;
                 next_pos += i32::try_from(pending.len()).unwrap_or(i32::MAX);
@@ -290,34 +298,37 @@ async fn publish(db: Pool, stream_id: Uuid, mut cursor: LogCursor, _guard: Publi
     }
 }
 
-/// The statement that writes a batch of an answer's events.
-pub(crate) const WRITE_EVENTS_SQL: &str = "WITH written AS ( \
-               INSERT INTO answer_events (stream_id, pos, event) \
-               SELECT $1, p, e FROM unnest($2::int4[], $3::text[]) AS t(p, e) \
-               ON CONFLICT DO NOTHING) \
-             UPDATE answer_streams SET finished_at = clock_timestamp() \
-             WHERE stream_id = $1 AND $4";
+/// The first instant after `now` on the instance's grid of [`BATCH_INTERVAL`]s: when the batch
+/// begun at `now` is handed over (so at most one interval later). A grid shared by every
+/// publisher, rather than an interval from each batch's first event, lines the hand-overs of
+/// all the answers streaming at once up, and the writer merges them into one statement.
+fn next_tick(now: Instant) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| now);
+    let interval = BATCH_INTERVAL.as_nanos();
+    let ticks = now.saturating_duration_since(epoch).as_nanos() / interval + 1;
+    u64::try_from(ticks * interval)
+        .ok()
+        .and_then(|nanos| epoch.checked_add(Duration::from_nanos(nanos)))
+        .unwrap_or(now + BATCH_INTERVAL)
+}
 
+/// Hands a batch of an answer's events to the instance's writer and waits until it is written.
 async fn write_batch(
-    db: &Pool,
+    writer: &EventWriter,
     stream_id: Uuid,
     first_pos: i32,
     events: &[LogEvent],
     ended: bool,
 ) -> anyhow::Result<()> {
-    let positions: Vec<i32> = (first_pos..).take(events.len()).collect();
     let texts = events
         .iter()
         .map(serde_json::to_string)
         .collect::<Result<Vec<_>, _>>()?;
-    let client = db.get().await?;
-    // The CTE's insert runs whether or not the outer statement reads it. `DO NOTHING` makes a
-    // retried batch (whose first try committed unheard) harmless.
-    let stmt = client.prepare_cached(WRITE_EVENTS_SQL).await?;
-    client
-        .execute(&stmt, &[&stream_id, &positions, &texts, &ended])
-        .await?;
-    Ok(())
+    writer
+        .write(stream_id, first_pos, texts, ended)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
 }
 
 /// Reads a published answer from the table, waiting for more until its end.
@@ -515,5 +526,22 @@ pub async fn run_sweeper(db: Pool, stale_after: Duration, shutdown: Cancellation
         if let Err(e) = sweep(&db, stale_after).await {
             tracing::debug!(error = %e, "answer relay sweep failed; retrying at the next tick");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_begun_in_the_same_interval_are_handed_over_at_the_same_tick() {
+        let start = Instant::now();
+        let first = next_tick(start);
+        assert!(first > start && first <= start + BATCH_INTERVAL);
+        // Anything begun before that tick is handed over at it, however late it began.
+        let late = first - Duration::from_millis(1);
+        assert_eq!(next_tick(late), first);
+        // A batch begun at the tick waits for the next one, a whole interval.
+        assert_eq!(next_tick(first), first + BATCH_INTERVAL);
     }
 }

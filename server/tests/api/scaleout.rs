@@ -321,6 +321,73 @@ async fn a_follow_up_resumes_on_another_instance_and_a_refused_ask_leaves_no_str
     b.stop().await;
 }
 
+/// The instance's one writer of `answer_events`: the batches of answers streaming at the same
+/// moment go into the table together. A statement-level trigger counts the statements that
+/// insert into it; publishers writing their own batches would take at least one per answer per
+/// 50 ms of streaming (here over ten per answer); merged, a tick's batches take one or two.
+#[tokio::test]
+async fn answers_streaming_together_share_their_relay_statements() {
+    const ANSWERS: usize = 40;
+    let (fake, _stats) = spawn_fake(Duration::from_millis(20)).await;
+    let mut config = cluster_config(&fake).await;
+    config.ws_max_in_flight = ANSWERS;
+    config.asks_per_minute = 1000;
+    let a = spawn_app_from(config).await;
+    let user = a.user_tokens("together").await;
+    a.db()
+        .await
+        .batch_execute(
+            "CREATE TABLE relay_writes (at timestamptz DEFAULT clock_timestamp()); \
+             CREATE FUNCTION count_relay_write() RETURNS trigger LANGUAGE plpgsql AS \
+               $$ BEGIN INSERT INTO relay_writes DEFAULT VALUES; RETURN NULL; END $$; \
+             CREATE TRIGGER counted AFTER INSERT ON answer_events \
+               FOR EACH STATEMENT EXECUTE FUNCTION count_relay_write()",
+        )
+        .await
+        .unwrap();
+
+    let mut ws = chat_on(a.addr, &user.access).await;
+    for i in 0..ANSWERS {
+        ask(
+            &mut ws,
+            &format!("t{i}"),
+            &format!("tell me slowly about refunds {i}"),
+        )
+        .await;
+    }
+    let mut answers: BTreeMap<String, Collected> = BTreeMap::new();
+    while answers.values().filter(|c| c.done.is_some()).count() < ANSWERS {
+        match next_incoming(&mut ws).await {
+            Incoming::Json(frame) if frame["id"].is_string() => {
+                let id = frame["id"].as_str().unwrap().to_owned();
+                answers.entry(id).or_default().absorb(&frame);
+            }
+            Incoming::Json(_) => {}
+            Incoming::Closed(close) => panic!("socket closed: {close:?}"),
+        }
+    }
+    for answer in answers.values() {
+        answer.assert_complete(SLOW_WORDS);
+    }
+
+    // Every event of every answer is in the table, each answer marked finished.
+    let events = (ANSWERS * (SLOW_WORDS + 2)) as i64;
+    eventually("every event written", || async {
+        let written = a.count("SELECT count(*) FROM answer_events").await;
+        let finished = a
+            .count("SELECT count(*) FROM answer_streams WHERE finished_at IS NOT NULL")
+            .await;
+        (written == events && finished == ANSWERS as i64).then_some(())
+    })
+    .await;
+    let statements = a.count("SELECT count(*) FROM relay_writes").await;
+    assert!(
+        statements <= 2 * ANSWERS as i64,
+        "{statements} statements wrote the events of {ANSWERS} answers"
+    );
+    a.stop().await;
+}
+
 #[tokio::test]
 async fn a_cancel_sent_to_another_instance_stops_the_answer_where_it_is_generated() {
     let (fake, stats) = spawn_fake(Duration::from_millis(100)).await;
