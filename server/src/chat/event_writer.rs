@@ -81,20 +81,15 @@ impl EventWriter {
             ended,
             verdict,
         };
-        if self.queue.send(batch).await.is_err() {
-            return Err(Arc::new(anyhow::anyhow!("the event writer has stopped")));
-        }
-        heard
-            .await
-            .unwrap_or_else(|_| Err(Arc::new(anyhow::anyhow!("the event writer has stopped"))))
+        let stopped = || Arc::new(anyhow::anyhow!("the event writer has stopped"));
+        self.queue.send(batch).await.map_err(|_| stopped())?;
+        heard.await.unwrap_or_else(|_| Err(stopped()))
     }
 }
 
 /// Takes the batches waiting, writes them in one statement, tells each how it went.
 async fn run(db: Pool, mut batches: mpsc::Receiver<Batch>) {
     while let Some(first) = batches.recv().await {
-        // The publishers woken at the same tick as this one's are handing theirs over too.
-        tokio::task::yield_now().await;
         let mut rows = first.events.len();
         let mut taken = vec![first];
         while rows < MAX_ROWS {
